@@ -1,0 +1,41 @@
+# Two-command quickstart: `make demo` (main job) and `make test` (test suite).
+# Both create .venv and install what they need, torch pinned to the CPU wheel by constraints.txt.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+STAMP_RUN := $(VENV)/.installed-run
+STAMP_DEV := $(VENV)/.installed-dev
+
+.PHONY: install install-dev demo test test-fast bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP_RUN): pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e .
+	touch $@
+
+$(STAMP_DEV): $(STAMP_RUN)
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(STAMP_RUN)
+
+install-dev: $(STAMP_DEV)
+
+demo: $(STAMP_RUN)
+	$(BIN)/brainseg demo -o demo_output
+
+test: $(STAMP_DEV)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+
+test-fast: $(STAMP_DEV)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(STAMP_DEV)
+	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache

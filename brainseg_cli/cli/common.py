@@ -1,0 +1,129 @@
+"""Shared CLI plumbing: global options, error mapping, progress bars.
+
+Every command function ends in :func:`run`, which calls exactly one library function and maps a
+:class:`~brainseg_cli.errors.BrainsegError` to ``error: <message>`` on stderr with its exit code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+T = TypeVar("T")
+
+stderr_console = Console(stderr=True, highlight=False)
+stdout_console = Console(highlight=False)
+
+
+@dataclass
+class GlobalOptions:
+    """Options of the root command, shared by every subcommand."""
+
+    verbose: bool = False
+    quiet: bool = False
+    debug: bool = False
+    threads: int | None = None
+
+
+OPTIONS = GlobalOptions()
+
+
+def configure(*, verbose: bool, quiet: bool, debug: bool, threads: int | None) -> None:
+    """Install logging and thread settings for this process (called by the root callback)."""
+    OPTIONS.verbose, OPTIONS.quiet, OPTIONS.debug, OPTIONS.threads = verbose, quiet, debug, threads
+    level = logging.DEBUG if (verbose or debug) else (logging.WARNING if quiet else logging.INFO)
+    from rich.logging import RichHandler
+
+    root = logging.getLogger("brainseg_cli")
+    root.handlers.clear()
+    handler = RichHandler(console=stderr_console, show_path=debug, show_time=verbose or debug,
+                          markup=False, rich_tracebacks=False)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+    if threads is not None:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[var] = str(threads)
+
+
+def apply_threads() -> None:
+    """Apply ``--threads`` to torch and SimpleITK (called by commands after their heavy imports)."""
+    n = OPTIONS.threads or os.cpu_count() or 1
+    try:
+        import torch
+
+        torch.set_num_threads(n)
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        pass
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
+
+
+def show_progress() -> bool:
+    """True when progress bars should be drawn (not ``--quiet`` and stderr is a terminal)."""
+    return not OPTIONS.quiet and stderr_console.is_terminal
+
+
+def make_progress():
+    """A Rich progress bar on stderr (disabled under ``--quiet`` or when not a terminal)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=stderr_console,
+                    disable=not show_progress(), transient=False)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print ``error: message`` on stderr and return the Exit to raise."""
+    stderr_console.print(f"error: {message}", markup=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def run(fn: Callable[..., T], /, **kwargs: Any) -> T:
+    """Call one library function, mapping errors to one line on stderr and an exit code.
+
+    BrainsegError -> ``error: <message>`` and its ``exit_code`` (1 runtime, 2 usage);
+    KeyboardInterrupt -> exit 130; anything else -> one line plus a hint to rerun with ``--debug``
+    (the traceback is printed only under ``--debug``).
+    """
+    from brainseg_cli.errors import BrainsegError
+
+    try:
+        return fn(**kwargs)
+    except BrainsegError as exc:
+        if OPTIONS.debug:
+            traceback.print_exc()
+        raise fail(str(exc), exc.exit_code) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted", 130) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the CLI boundary: never a raw traceback by default
+        if OPTIONS.debug:
+            traceback.print_exc()
+            raise typer.Exit(1) from None
+        raise fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)") from None
+
+
+def usage_error(message: str) -> typer.Exit:
+    """A usage error (exit code 2) with one line on stderr."""
+    return fail(message, 2)
+
+
+def is_debug() -> bool:
+    return OPTIONS.debug
+
+
+def echo(message: str) -> None:
+    """Print a plain line on stdout (results a script may read)."""
+    sys.stdout.write(message + "\n")
