@@ -1,0 +1,113 @@
+"""Atomic writes: a file or folder appears complete under its final name, or not at all.
+
+Both helpers write into a temporary name *in the target's own folder* (so the final rename never
+crosses a file system) and move it into place with :func:`os.replace` only when the ``with`` block
+ends without an exception. On an exception the temporary file or folder is removed and the target
+is left untouched (an existing target keeps its old content).
+
+The temporary name keeps the target's full name as its ending (``.tmp-<random>-brain.nii.gz``), so
+libraries that choose a format from the file ending (SimpleITK, tifffile) see the right one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+TMP_PREFIX = ".tmp-"
+
+
+def temporary_sibling(path: Path) -> Path:
+    """Return an unused temporary path beside ``path`` that ends with ``path.name``."""
+    return path.parent / f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{path.name}"
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, link or folder tree if present (best effort, logged on failure)."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    except OSError as exc:
+        logger.warning("could not remove temporary %s: %s", path, exc)
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Write a file atomically.
+
+    Yields a temporary path in the same folder as ``path``; write the whole file there. When the
+    block ends normally, the temporary file replaces ``path`` (``os.replace``); when it raises, the
+    temporary file is deleted and ``path`` is untouched. The parent folder is created if missing.
+
+    Args:
+        path: the final file path.
+
+    Yields:
+        The temporary file path to write to (it does not exist yet).
+
+    Example:
+        >>> with atomic_write(out / "labels.nii.gz") as tmp:   # doctest: +SKIP
+        ...     sitk.WriteImage(img, str(tmp))
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(target)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"{target}: nothing was written to the temporary file {tmp.name}")
+        os.replace(tmp, target)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Create a folder atomically.
+
+    Yields a fresh, empty temporary folder beside ``path``; fill it. When the block ends normally
+    the temporary folder takes the name ``path``. If ``path`` already exists it is first renamed
+    aside and deleted only after the new folder is in place (folders cannot be swapped in one
+    system call, so a crash between the two renames leaves the old folder under a ``.tmp-`` name,
+    never a half-written folder under the final name). When the block raises, the temporary
+    folder is deleted and ``path`` is untouched.
+
+    Args:
+        path: the final folder path.
+
+    Yields:
+        The temporary folder path (already created, empty).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(target)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    old: Path | None = None
+    try:
+        if target.exists() or target.is_symlink():
+            old = temporary_sibling(target)
+            os.replace(target, old)
+        os.replace(tmp, target)
+    except BaseException:
+        if old is not None and not target.exists():
+            os.replace(old, target)
+            old = None
+        _remove(tmp)
+        raise
+    if old is not None:
+        _remove(old)

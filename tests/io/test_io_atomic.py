@@ -1,0 +1,104 @@
+"""Atomic file and folder writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from brainseg_cli.errors import InputError
+from brainseg_cli.io import Image, atomic_dir, atomic_write, write_image
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def test_atomic_write_renames_on_success(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "out.nii.gz"
+    with atomic_write(target) as tmp:
+        assert tmp.parent == target.parent
+        assert tmp.name.endswith("out.nii.gz") and tmp != target
+        tmp.write_text("data")
+        assert not target.exists()
+    assert target.read_text() == "data"
+    assert [p.name for p in target.parent.iterdir()] == ["out.nii.gz"]
+
+
+def test_atomic_write_exception_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    with pytest.raises(Boom):
+        with atomic_write(target) as tmp:
+            tmp.write_text("half")
+            raise Boom("mid-write")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_exception_keeps_old_content(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(Boom):
+        with atomic_write(target) as tmp:
+            tmp.write_text("new")
+            raise Boom("mid-write")
+    assert target.read_text() == "old"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_atomic_write_nothing_written_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nothing was written"):
+        with atomic_write(tmp_path / "x.txt"):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_dir_success_and_replace(tmp_path: Path) -> None:
+    target = tmp_path / "dataset"
+    with atomic_dir(target) as tmp:
+        assert tmp.is_dir() and tmp.parent == tmp_path
+        (tmp / "a.txt").write_text("1")
+        assert not target.exists()
+    assert (target / "a.txt").read_text() == "1"
+    with atomic_dir(target) as tmp:
+        (tmp / "b.txt").write_text("2")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["dataset"]
+
+
+def test_atomic_dir_exception_leaves_nothing_and_keeps_old(tmp_path: Path) -> None:
+    target = tmp_path / "dataset"
+    with pytest.raises(Boom):
+        with atomic_dir(target) as tmp:
+            (tmp / "a.txt").write_text("1")
+            raise Boom("mid-write")
+    assert list(tmp_path.iterdir()) == []
+    target.mkdir()
+    (target / "keep.txt").write_text("old")
+    with pytest.raises(Boom):
+        with atomic_dir(target) as tmp:
+            raise Boom("mid-write")
+    assert [p.name for p in tmp_path.iterdir()] == ["dataset"]
+    assert (target / "keep.txt").read_text() == "old"
+
+
+def test_write_image_failure_leaves_no_temp_file(tmp_path: Path) -> None:
+    bad = Image(np.zeros((4, 4, 4), dtype=np.complex64), (1, 1, 1))
+    with pytest.raises(InputError, match="complex64"):
+        write_image(bad, tmp_path / "x.nii.gz")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_image_sitk_failure_cleans_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import SimpleITK as sitk
+
+    def failing_write(img, path, *args):  # writes half a file, then fails like ITK does
+        Path(path).write_bytes(b"partial")
+        raise RuntimeError("Exception thrown in SimpleITK WriteImage\nsitk::ERROR: disk full")
+
+    monkeypatch.setattr(sitk, "WriteImage", failing_write)
+    image = Image(np.zeros((4, 4, 4), dtype=np.int16), (1, 1, 1))
+    for name in ("x.nii.gz", "x.mhd"):
+        with pytest.raises(InputError, match=f"{name}: cannot write image: disk full"):
+            write_image(image, tmp_path / name)
+    assert list(tmp_path.iterdir()) == []
