@@ -29,6 +29,7 @@ demo: $(STAMP_RUN)
 	$(BIN)/brainseg demo -o demo_output
 
 test: $(STAMP_DEV)
+	bash scripts/ensure_chromium.sh
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 test-fast: $(STAMP_DEV)
