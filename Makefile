@@ -19,6 +19,8 @@ $(STAMP_RUN): pyproject.toml constraints.txt | $(BIN)/python
 
 $(STAMP_DEV): $(STAMP_RUN)
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	# nnU-Net's dataset-integrity check, without its dependency pins (they would pull a CUDA torch)
+	$(PIP) install -q -c constraints.txt --no-deps nnunetv2==2.8.1 batchgenerators==0.25.5 acvl-utils==0.2.6
 	touch $@
 
 install: $(STAMP_RUN)

@@ -16,7 +16,7 @@ from brainseg_cli import __version__
 from brainseg_cli.cli import common
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS: tuple[str, ...] = ()
+COMMANDS: tuple[str, ...] = ("convert", "pretrain", "visualize", "evaluate")
 
 app = typer.Typer(
     name="brainseg",
