@@ -1,0 +1,203 @@
+"""Command-line options shared by the training commands (``finetune``; ``pretrain`` can switch to them).
+
+Each option is an ``Annotated`` type alias, so a command declares it as a parameter
+(``epochs: opts.Epochs = None``) and gets the same flag, help text and checks everywhere.
+Every alias defaults to ``None`` = "not given", so an options file (``--options-file``) can supply
+the value; :func:`train_cli_options` turns the parsed values into the option-name -> value mapping
+that :func:`brainseg_cli.training.config.resolve_options` merges over the file.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from brainseg_cli.cli import common
+
+
+class Optimizer(str, Enum):
+    """Optimiser presets."""
+
+    sgd = "sgd"
+    adam = "adam"
+
+
+class Schedule(str, Enum):
+    """Learning-rate schedules."""
+
+    poly = "poly"
+    cosine = "cosine"
+
+
+class Loss(str, Enum):
+    """Training losses."""
+
+    dice_ce = "dice-ce"
+    dice = "dice"
+
+
+class Precision(str, Enum):
+    """Numeric precision of the forward pass."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Regions(str, Enum):
+    """Region-based (sigmoid) training targets."""
+
+    brats = "brats"
+    dataset = "dataset"
+
+
+# ----------------------------------------------------------------------------- training options
+Epochs = Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs to train \\[default: 100].")]
+Iterations = Annotated[Optional[int], typer.Option("--iterations", min=1, help="Optimiser steps per epoch \\[default: 50].")]
+ValEvery = Annotated[Optional[int], typer.Option("--val-every", min=1, help="Validate every N epochs \\[default: 1].")]
+MaxTime = Annotated[Optional[float], typer.Option("--max-time", metavar="MIN", help="Wall-clock budget in minutes.")]
+Patience = Annotated[Optional[int], typer.Option("--patience", min=1,
+                                                 help="Stop after N epochs without a better validation Dice.")]
+LearningRate = Annotated[Optional[float], typer.Option("--lr", help="Initial learning rate (default: the optimiser's).")]
+OptimizerOption = Annotated[Optional[Optimizer], typer.Option(
+    "--optimizer", help="sgd (lr 1e-2, momentum 0.99, Nesterov, poly) or adam (lr 1e-4, cosine) \\[default: sgd].")]
+ScheduleOption = Annotated[Optional[Schedule], typer.Option("--schedule", help="Learning-rate schedule.")]
+GradClip = Annotated[Optional[float], typer.Option("--grad-clip", min=0.0,
+                                                   help="Gradient-norm clipping, 0 = off \\[default: 12].")]
+LossOption = Annotated[Optional[Loss], typer.Option("--loss", help="Training loss \\[default: dice-ce].")]
+Augment = Annotated[Optional[bool], typer.Option("--aug/--no-aug", help="Data augmentation \\[default: on].")]
+ValCases = Annotated[Optional[int], typer.Option("--val-cases", min=1, help="Hold out N validation cases.")]
+ValSplit = Annotated[Optional[float], typer.Option("--val-split", metavar="FRAC",
+                                                   help="Hold out this fraction \\[default: 0.2].")]
+Fold = Annotated[Optional[int], typer.Option("--fold", min=0, metavar="K", help="Validate on fold K of --folds.")]
+Folds = Annotated[Optional[int], typer.Option("--folds", min=2, metavar="N", help="Number of folds \\[default: 5].")]
+PrecisionOption = Annotated[Optional[Precision], typer.Option(
+    "--precision", help="fp16 needs CUDA; auto = bf16 on CUDA, fp32 on CPUs \\[default: auto].")]
+Compile = Annotated[Optional[bool], typer.Option("--compile", help="Compile the network (torch.compile).")]
+Resume = Annotated[Optional[bool], typer.Option("--resume", help="Continue RUN_DIR from last.pt.")]
+Deterministic = Annotated[Optional[bool], typer.Option(
+    "--deterministic", help="Deterministic algorithms: a rerun or resume gives identical weights.")]
+Seed = Annotated[Optional[int], typer.Option("--seed", min=0, help="Random seed \\[default: 0].")]
+Device = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N \\[default: auto].")]
+Workers = Annotated[Optional[int], typer.Option("--workers", min=0,
+                                               help="Data-loading processes (0: in the main process).")]
+Nproc = Annotated[Optional[int], typer.Option("--nproc", min=1, help="Data-parallel processes on this machine.")]
+OptionsFile = Annotated[Optional[Path], typer.Option("--options-file", exists=True, dir_okay=False,
+                                                     help="JSON or TOML file of options.")]
+
+# ----------------------------------------------------------------------------- plan options (not architecture)
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Batch size (default: planned).")]
+PatchSize = Annotated[Optional[str], typer.Option("--patch-size", metavar="X,Y[,Z]",
+                                                  help="Patch size in voxels (default: planned).")]
+Spacing = Annotated[Optional[str], typer.Option("--spacing", metavar="X,Y,Z",
+                                               help="Target spacing in mm (default: planned).")]
+MemoryGb = Annotated[Optional[float], typer.Option("--memory-gb", help="Memory budget of the plan in GB.")]
+RegionsOption = Annotated[Optional[Regions], typer.Option(
+    "--regions", help="Region-based training with sigmoid outputs: brats (WT/TC/ET) or the dataset's regions.")]
+
+
+def parse_ints(value: str, option: str, counts: tuple[int, ...]) -> list[int]:
+    """``"128,128,128"`` / ``"128x128"`` -> ints; a usage error (exit 2) otherwise."""
+    parts = [p for p in re.split(r"[,x\s]+", value.strip()) if p]
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        raise common.usage_error(f"{option} '{value}': expected integers such as 128,128,128") from None
+    if len(numbers) not in counts or not all(n > 0 for n in numbers):
+        raise common.usage_error(f"{option} '{value}': expected {' or '.join(map(str, counts))} positive integers")
+    return numbers
+
+
+def parse_spacing(value: str, option: str) -> list[float]:
+    """``"1,1,1"`` -> three positive floats (mm); a usage error (exit 2) otherwise."""
+    parts = [p for p in re.split(r"[,x\s]+", value.strip()) if p]
+    try:
+        numbers = [float(p) for p in parts]
+    except ValueError:
+        raise common.usage_error(f"{option} '{value}': expected three numbers in mm, e.g. 1,1,1") from None
+    if len(numbers) != 3 or not all(n > 0 for n in numbers):
+        raise common.usage_error(f"{option} '{value}': expected three positive numbers in mm, e.g. 1,1,1")
+    return numbers
+
+
+def _value(option: Any) -> Any:
+    return option.value if isinstance(option, Enum) else option
+
+
+def train_cli_options(
+    *,
+    epochs: int | None = None,
+    iterations: int | None = None,
+    val_every: int | None = None,
+    max_time: float | None = None,
+    patience: int | None = None,
+    lr: float | None = None,
+    optimizer: Optimizer | None = None,
+    schedule: Schedule | None = None,
+    grad_clip: float | None = None,
+    loss: Loss | None = None,
+    aug: bool | None = None,
+    val_cases: int | None = None,
+    val_split: float | None = None,
+    fold: int | None = None,
+    folds: int | None = None,
+    precision: Precision | None = None,
+    compile_model: bool | None = None,
+    resume: bool | None = None,
+    deterministic: bool | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    workers: int | None = None,
+    nproc: int | None = None,
+) -> dict[str, Any]:
+    """Parsed training flags -> ``{TrainConfig field: value}`` (None = not given)."""
+    return {
+        "epochs": epochs, "iterations_per_epoch": iterations, "val_every": val_every, "max_time_min": max_time,
+        "patience": patience, "lr": lr, "optimizer": _value(optimizer), "schedule": _value(schedule),
+        "grad_clip": grad_clip, "loss": _value(loss), "augment": aug, "val_cases": val_cases,
+        "val_split": val_split, "fold": fold, "folds": folds, "precision": _value(precision),
+        "compile": compile_model, "resume": resume, "deterministic": deterministic, "seed": seed, "device": device,
+        "workers": workers, "nproc": nproc,
+    }
+
+
+def plan_cli_options(
+    *,
+    batch_size: int | None = None,
+    patch_size: str | None = None,
+    spacing: str | None = None,
+    memory_gb: float | None = None,
+    regions: Regions | None = None,
+) -> dict[str, Any]:
+    """Parsed plan flags -> ``{PlanOverrides field: value}`` (None = not given); usage errors exit 2."""
+    return {
+        "batch_size": batch_size,
+        "patch_size": parse_ints(patch_size, "--patch-size", (2, 3)) if patch_size else None,
+        "target_spacing": parse_spacing(spacing, "--spacing") if spacing else None,
+        "memory_gb": memory_gb,
+        "regions": _value(regions),
+    }
+
+
+def print_train_summary(result: Any) -> None:
+    """The results table of a finished training run (a :class:`~brainseg_cli.training.fit.TrainResult`)."""
+    from rich.table import Table
+
+    table = Table(title=f"{result.run_dir}", show_header=True, title_justify="left")
+    table.add_column("item")
+    table.add_column("value", overflow="fold")
+    reasons = {"epochs": "all epochs done", "patience": "early stop (no improvement)", "max_time": "time budget"}
+    table.add_row("epochs", f"{result.epochs_completed} ({reasons.get(result.stop_reason, result.stop_reason)}), "
+                            f"{result.seconds / 60:.1f} min")
+    table.add_row("best epoch", f"{result.best_epoch}: mean validation Dice {result.best_val_dice:.4f}")
+    for name, value in result.val_dice.items():
+        table.add_row(f"  Dice {name}", f"{value:.4f}")
+    on = [name for name, d in result.postprocessing.items() if d.get("largest_component")]
+    table.add_row("post-processing", "largest component for " + ", ".join(on) if on else "none")
+    common.stdout_console.print(table)
+    common.echo(str(result.best_checkpoint))
