@@ -16,3 +16,16 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} not found")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread_per_xdist_worker():
+    """Under pytest-xdist every worker gets one torch thread: two workers x two threads on two
+    cores made small 3-D steps 10-70x slower through oversubscription."""
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+    yield

@@ -16,7 +16,7 @@ from brainseg_cli import __version__
 from brainseg_cli.cli import common
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS: tuple[str, ...] = ("convert", "pretrain", "visualize", "evaluate")
+COMMANDS: tuple[str, ...] = ("convert", "pretrain", "finetune", "predict", "evaluate", "visualize", "demo")
 
 app = typer.Typer(
     name="brainseg",
@@ -58,3 +58,7 @@ for _name in COMMANDS:
 
 def main() -> None:  # pragma: no cover - console entry point
     app()
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m brainseg_cli.cli.main`
+    main()

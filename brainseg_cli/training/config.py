@@ -1,0 +1,355 @@
+"""Training configuration: :class:`TrainConfig`, options files and the resolved device/precision.
+
+``TrainConfig`` holds every training option of ``brainseg pretrain`` (and of ``finetune``, which
+reuses the fit loop). Options that shape the *plan* (``--config``, ``--model``, ``--regions``,
+``--patch-size``, ``--spacing``, ``--batch-size``, ``--memory-gb``) are not training options: they are
+passed to the planner as a dict whose keys are :data:`PLAN_OVERRIDE_KEYS` (the fields of
+:class:`brainseg_cli.data.plan.PlanOverrides`; ``--spacing`` is ``target_spacing``).
+
+An options file (``--options-file``, JSON or TOML) is a flat mapping whose keys are
+``TrainConfig`` field names or plan-override names; flags given on the command line override it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from brainseg_cli.errors import ConfigError, InputError, did_you_mean
+
+try:  # Python >= 3.11
+    import tomllib
+except ImportError:  # pragma: no cover - Python 3.10
+    tomllib = None  # type: ignore[assignment]
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
+SCHEDULES: tuple[str, ...] = ("poly", "cosine")
+LOSSES: tuple[str, ...] = ("dice-ce", "dice")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+
+def _plan_override_keys() -> tuple[str, ...]:
+    from brainseg_cli.data.plan import override_fields
+
+    return override_fields()
+
+
+#: Names of the planner options (:class:`brainseg_cli.data.plan.PlanOverrides` fields) that an
+#: options file may also hold.
+PLAN_OVERRIDE_KEYS: tuple[str, ...] = _plan_override_keys()
+
+#: TrainConfig fields that may differ between a run and its ``--resume`` (they do not change what
+#: is computed, only how long and where).
+RESUME_MAY_CHANGE: frozenset[str] = frozenset(
+    {"epochs", "max_time_min", "patience", "resume", "device", "workers", "nproc", "compile"}
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every option of the training loop (``brainseg pretrain`` / ``finetune``).
+
+    An *epoch* is a fixed number of optimiser steps (:attr:`iterations_per_epoch`), each on one
+    batch of randomly sampled patches (nnU-Net's definition; it uses 250).
+    """
+
+    epochs: int = 100
+    """Number of epochs to train (each :attr:`iterations_per_epoch` steps)."""
+    iterations_per_epoch: int = 50
+    """Optimiser steps per epoch (nnU-Net: 250; 50 keeps CPU epochs short)."""
+    val_every: int = 1
+    """Validate every N epochs (and always after the last epoch)."""
+    max_time_min: float | None = None
+    """Wall-clock budget in minutes for the whole run (time before a ``--resume`` included); the
+    loop stops before an epoch that would not fit, estimated from the mean epoch duration."""
+    patience: int | None = None
+    """Stop when the mean validation Dice has not improved for this many epochs (None: never)."""
+    optimizer: str = "sgd"
+    """``sgd`` (momentum 0.99, Nesterov, lr 1e-2, poly decay) or ``adam`` (lr 1e-4, cosine)."""
+    lr: float | None = None
+    """Initial learning rate; None uses the optimiser preset (sgd 1e-2, adam 1e-4)."""
+    schedule: str | None = None
+    """Learning-rate schedule ``poly`` (exponent 0.9) or ``cosine``, stepped every iteration;
+    None uses the optimiser preset (sgd: poly, adam: cosine)."""
+    weight_decay: float | None = None
+    """L2 weight decay; None uses the preset (sgd 3e-5 as nnU-Net, adam 0)."""
+    grad_clip: float | None = 12.0
+    """Clip the gradient norm to this value (nnU-Net: 12); None or 0 disables clipping."""
+    loss: str = "dice-ce"
+    """``dice-ce`` (soft Dice + cross-entropy, or + BCE for regions) or ``dice``."""
+    augment: bool = True
+    """Spatial and intensity augmentation of training patches."""
+    val_cases: int | None = None
+    """Hold out this many cases for validation (deterministic choice)."""
+    val_split: float | None = None
+    """Hold out this fraction of the cases for validation (default 0.2 when no split is given)."""
+    fold: int | None = None
+    """Validate on fold K (0-based) of a deterministic case-level K-fold split."""
+    folds: int = 5
+    """Number of folds of the K-fold split (used with :attr:`fold`)."""
+    precision: str = "auto"
+    """``fp32``, ``bf16`` or ``fp16`` (CUDA only, with loss scaling); ``auto``: bf16 on CUDA
+    (fp16 where bf16 is unsupported), fp32 on CPUs."""
+    compile: bool = False
+    """Compile the network with ``torch.compile``."""
+    resume: bool = False
+    """Continue the run in RUN_DIR from ``last.pt``."""
+    deterministic: bool = False
+    """Deterministic algorithms (bit-identical reruns and resumes on the same machine; slower)."""
+    seed: int = 0
+    """Seed of weights initialisation, patch sampling and augmentation."""
+    device: str = "auto"
+    """``auto`` (first CUDA device, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    workers: int | None = None
+    """Data-loading worker processes; None: min(4, CPU cores - 1); 0 loads in the main process."""
+    nproc: int = 1
+    """Data-parallel processes on this machine (torch's elastic launcher); 1: no DDP unless the
+    process was started by ``torchrun``."""
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a JSON-able dict (field name -> value)."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _positive_int(name: str, value: Any, *, allow_zero: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
+        bound = ">= 0" if allow_zero else ">= 1"
+        raise ConfigError(f"{name} must be an integer {bound}, got {value!r}")
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        hint = did_you_mean(str(value), choices)
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}{hint}")
+
+
+def validate(config: TrainConfig) -> None:
+    """Check every field of ``config`` (types, ranges, exclusive options).
+
+    Raises:
+        ConfigError: one line naming the option and the offending value.
+    """
+    _positive_int("epochs", config.epochs)
+    _positive_int("iterations_per_epoch", config.iterations_per_epoch)
+    _positive_int("val_every", config.val_every)
+    if config.max_time_min is not None and not config.max_time_min > 0:
+        raise ConfigError(f"max_time_min must be positive, got {config.max_time_min!r}")
+    if config.patience is not None:
+        _positive_int("patience", config.patience)
+    _choice("optimizer", config.optimizer, OPTIMIZERS)
+    if config.schedule is not None:
+        _choice("schedule", config.schedule, SCHEDULES)
+    if config.lr is not None and not config.lr > 0:
+        raise ConfigError(f"lr must be positive, got {config.lr!r}")
+    if config.weight_decay is not None and not config.weight_decay >= 0:
+        raise ConfigError(f"weight_decay must be >= 0, got {config.weight_decay!r}")
+    if config.grad_clip is not None and not config.grad_clip >= 0:
+        raise ConfigError(f"grad_clip must be >= 0, got {config.grad_clip!r}")
+    _choice("loss", config.loss, LOSSES)
+    _choice("precision", config.precision, PRECISIONS)
+    given = [name for name in ("val_cases", "val_split", "fold") if getattr(config, name) is not None]
+    if len(given) > 1:
+        raise ConfigError(f"choose one of --val-cases, --val-split and --fold, got {' and '.join(given)}")
+    if config.val_cases is not None:
+        _positive_int("val_cases", config.val_cases)
+    if config.val_split is not None and not 0.0 < config.val_split < 1.0:
+        raise ConfigError(f"val_split must be in (0, 1), got {config.val_split!r}")
+    _positive_int("folds", config.folds)
+    if config.folds < 2:
+        raise ConfigError(f"folds must be >= 2, got {config.folds}")
+    if config.fold is not None:
+        _positive_int("fold", config.fold, allow_zero=True)
+        if config.fold >= config.folds:
+            raise ConfigError(f"fold {config.fold} does not exist with --folds {config.folds} (folds are 0..{config.folds - 1})")
+    _positive_int("seed", config.seed, allow_zero=True)
+    if config.workers is not None:
+        _positive_int("workers", config.workers, allow_zero=True)
+    _positive_int("nproc", config.nproc)
+    device = config.device
+    if device not in ("auto", "cpu", "cuda") and not (
+        device.startswith("cuda:") and device[5:].isdigit()
+    ):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+
+
+def train_config_fields() -> tuple[str, ...]:
+    """Names of the :class:`TrainConfig` fields."""
+    return tuple(f.name for f in fields(TrainConfig))
+
+
+def read_options_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read an options file (``.json`` or ``.toml``): a flat mapping of option names to values.
+
+    Keys may be :class:`TrainConfig` field names or :data:`PLAN_OVERRIDE_KEYS`; dashes in keys are
+    read as underscores (``max-time-min`` = ``max_time_min``).
+
+    Raises:
+        InputError: the file is unreadable or not a flat mapping.
+        ConfigError: a key is not an option name (with a did-you-mean hint).
+    """
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"options file {source}: cannot read it ({exc.strerror})") from None
+    is_toml = source.suffix.lower() == ".toml"
+    if is_toml and tomllib is None:  # pragma: no cover - Python 3.10
+        raise ConfigError(f"options file {source}: TOML needs Python 3.11 or newer; use JSON")
+    toml_error = tomllib.TOMLDecodeError if tomllib is not None else ValueError
+    try:
+        data = tomllib.loads(text) if is_toml else json.loads(text)
+    except (json.JSONDecodeError, toml_error) as exc:
+        message = " ".join(str(exc).split())
+        raise InputError(f"options file {source} is not valid {source.suffix.lstrip('.') or 'JSON'}: {message}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"options file {source} must hold a mapping of option names to values, got {type(data).__name__}")
+    valid = set(train_config_fields()) | set(PLAN_OVERRIDE_KEYS)
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in valid:
+            raise ConfigError(f"options file {source}: unknown option '{key}'{did_you_mean(name, valid)}")
+        if isinstance(value, dict) and name != "model_config":
+            raise ConfigError(f"options file {source}: option '{key}' must be a value, got a table")
+        out[name] = value
+    return out
+
+
+def resolve_options(
+    *, file_options: Mapping[str, Any] | None = None, cli_options: Mapping[str, Any] | None = None
+) -> tuple[TrainConfig, dict[str, Any]]:
+    """Merge an options file and command-line flags into a config and plan overrides.
+
+    Args:
+        file_options: from :func:`read_options_file` (or None).
+        cli_options: option name -> value for flags given on the command line; ``None`` values
+            mean "not given" and do not override the file.
+
+    Returns:
+        ``(train_config, plan_overrides)``; plan overrides hold only the keys that were given.
+
+    Raises:
+        ConfigError: a value is invalid or a name is unknown.
+    """
+    merged: dict[str, Any] = dict(file_options or {})
+    for key, value in (cli_options or {}).items():
+        if value is not None:
+            merged[key] = value
+    train_names = set(train_config_fields())
+    unknown = [k for k in merged if k not in train_names and k not in PLAN_OVERRIDE_KEYS]
+    if unknown:
+        raise ConfigError(f"unknown option '{unknown[0]}'{did_you_mean(unknown[0], train_names | set(PLAN_OVERRIDE_KEYS))}")
+    train = {k: v for k, v in merged.items() if k in train_names}
+    plan = {k: v for k, v in merged.items() if k in PLAN_OVERRIDE_KEYS}
+    for key, value in list(train.items()):
+        if isinstance(value, list):
+            raise ConfigError(f"option {key} takes one value, got {value!r}")
+    try:
+        config = TrainConfig(**train)
+    except TypeError as exc:
+        raise ConfigError(f"invalid training options: {exc}") from None
+    return config, plan
+
+
+def config_differences(saved: Mapping[str, Any], current: TrainConfig) -> list[str]:
+    """Fields (outside :data:`RESUME_MAY_CHANGE`) whose value differs from a saved config.
+
+    Returns:
+        ``["lr: 0.01 (run) vs 0.1 (now)", ...]``; empty when the run can be resumed.
+    """
+    now = current.to_dict()
+    out = []
+    for name in train_config_fields():
+        if name in RESUME_MAY_CHANGE or name not in saved:
+            continue
+        if saved[name] != now[name]:
+            out.append(f"{name}: {saved[name]!r} (run) vs {now[name]!r} (now)")
+    return out
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The concrete device and precision a config resolves to on this machine."""
+
+    device: str
+    """``cpu`` or ``cuda:N``."""
+    precision: str
+    """``fp32``, ``bf16`` or ``fp16``."""
+    workers: int
+    """Data-loading worker processes."""
+    notes: tuple[str, ...] = field(default_factory=tuple)
+    """Human-readable decisions (logged)."""
+
+
+def cpu_supports_bf16() -> bool:
+    """True when this CPU has native bf16 arithmetic (AVX512-BF16 or AMX), where autocast pays off."""
+    import torch
+
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:  # pragma: no cover - older torch
+        return False
+    if "AMX" in capability.upper():
+        return True
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_runtime(config: TrainConfig, *, local_rank: int | None = None) -> Runtime:
+    """Resolve ``device``, ``precision`` and ``workers`` for this machine.
+
+    Args:
+        config: the training config.
+        local_rank: the process's rank on this machine under DDP (picks ``cuda:<local_rank>``
+            when the device is ``auto`` or ``cuda``).
+
+    Raises:
+        ConfigError: CUDA asked for but unavailable, a CUDA index out of range, or ``fp16`` on a
+            CPU (a usage error).
+    """
+    import torch
+
+    notes: list[str] = []
+    device = config.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {config.device} asked for, but CUDA is not available on this machine")
+        count = torch.cuda.device_count()
+        index = int(device[5:]) if device.startswith("cuda:") else (local_rank or 0)
+        if index >= count:
+            raise ConfigError(f"device cuda:{index} asked for, but this machine has {count} CUDA device(s)")
+        device = f"cuda:{index}"
+    precision = config.precision
+    if device == "cpu":
+        if precision == "fp16":
+            raise ConfigError("--precision fp16 needs a CUDA device (loss scaling); on a CPU use bf16 or fp32")
+        if precision == "auto":
+            precision = "fp32"
+        if precision == "bf16" and not cpu_supports_bf16():
+            notes.append("this CPU has no native bf16: bf16 autocast will be emulated and may be slow")
+    elif precision == "auto":
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    workers = config.workers
+    if workers is None:
+        workers = max(0, min(4, (os.cpu_count() or 1) - 1))
+    return Runtime(device=device, precision=precision, workers=workers, notes=tuple(notes))

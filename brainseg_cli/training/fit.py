@@ -1,0 +1,849 @@
+"""The training loop: :func:`fit` trains a model on preprocessed cases and writes a run folder.
+
+One loop serves ``pretrain`` and ``finetune``. It is generic in the model (any
+:class:`~brainseg_cli.models.base.SegmentationModel`), the optimiser parameter groups (frozen
+parameters left out, per-group learning rates), and per-epoch hooks (e.g. unfreeze the encoder at
+epoch K).
+
+**Epochs and batches.** An epoch is :attr:`TrainConfig.iterations_per_epoch` optimiser steps. The
+global batch of step ``t`` has ``plan["batch_size"]`` samples; sample ``j`` is drawn (case choice,
+patch position, augmentation) from its own generator ``numpy.random.default_rng([seed, t, j])``, and
+the last third of each batch (``plan["sampling"]["foreground_fraction"]``) is forced to contain
+foreground (nnU-Net's oversampling). A batch is
+therefore a pure function of ``(seed, t)``: the same whatever the number of data-loading workers,
+after a ``--resume``, and across data-parallel ranks (rank ``r`` of ``W`` takes samples
+``j = r, r + W, ...``, so W processes see exactly the global batch one process would).
+
+**Validation** (every :attr:`TrainConfig.val_every` epochs and after the last) runs on rank 0 with
+:func:`brainseg_cli.training.validation.validate`; the mean foreground Dice picks ``best.pt``.
+``last.pt`` is written after every epoch with the optimiser, schedule and RNG states; resuming from
+it replays the remaining epochs exactly (bit-identical weights with ``--deterministic``).
+
+**Stopping.** After ``epochs`` epochs; earlier when the mean validation Dice has not improved for
+``patience`` epochs; or when the wall-clock budget ``max_time_min`` would be exceeded by another
+epoch (estimated from the mean epoch time so far), in which case the epoch that just ended is
+validated and becomes the last.
+
+**Post-processing decision** at the end: keep-largest-component per label, decided on the best
+epoch's validation predictions (:func:`brainseg_cli.training.validation.decide_postprocessing`) and
+stored in ``best.pt`` and ``last.pt``.
+
+Run folder: ``best.pt``, ``last.pt``, ``metrics.csv``, ``config.json`` (the resolved config),
+``tensorboard/`` (when the ``tensorboard`` package is installed), plus what the caller writes
+(``plan.json`` for ``pretrain``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from brainseg_cli import __version__
+from brainseg_cli.errors import BrainsegError, CheckpointError, ConfigError
+from brainseg_cli.io.atomic import atomic_write
+from brainseg_cli.training import distributed as D
+from brainseg_cli.training.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from brainseg_cli.training.config import Runtime, TrainConfig, config_differences, resolve_runtime
+from brainseg_cli.training.logging import MetricsLog, TensorBoardLog
+from brainseg_cli.training.optim import build_optimizer, resolved_optimizer_settings, SCHEDULE_FACTORS
+from brainseg_cli.training.validation import (
+    ValidationResult,
+    decide_postprocessing,
+    validate,
+    validation_entities,
+)
+
+logger = logging.getLogger(__name__)
+
+BEST = "best.pt"
+LAST = "last.pt"
+CONFIG_FILE = "config.json"
+#: Entries of a run folder that callers of :func:`fit` write before it starts (``pretrain``'s plan
+#: and preprocessed cases); a fresh run tolerates them.
+CALLER_ENTRIES: tuple[str, ...] = ("plan.json", "preprocessed")
+
+#: Default share of each batch forced to contain foreground (nnU-Net: 0.33); plans override it
+#: with ``plan["sampling"]["foreground_fraction"]``.
+FOREGROUND_FRACTION = 1.0 / 3.0
+
+#: Progress descriptions are refreshed (and the loss synchronised) every this many steps.
+PROGRESS_EVERY = 10
+
+
+class TrainingCases(Protocol):
+    """What :func:`fit` needs from the data: preprocessed cases and a patch sampler."""
+
+    def load_case(self, case: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(image (C, X, Y, Z) float32, label (X, Y, Z) uint8)`` of one case in the plan's space."""
+
+    def sample(self, case: str, *, rng: np.random.Generator, force_foreground: bool,
+               augment: bool) -> tuple[np.ndarray, np.ndarray]:
+        """One training patch ``(image (C, *patch) float32, label (*patch) integer)``."""
+
+
+@dataclass(frozen=True)
+class EpochState:
+    """What an epoch hook sees (called at the start of every epoch).
+
+    Attributes:
+        epoch: the 0-based epoch about to start.
+        model: the bare model (not wrapped by DDP or ``torch.compile``).
+        optimizer: the optimiser; a hook may ``add_param_group`` (the schedule applies to new
+            groups too; the group's ``lr`` at that moment is its initial rate).
+        replay: True when the hook is replayed on ``--resume`` for an epoch that already ran
+            (hooks must bring the model and optimiser into the state they had, e.g. unfreeze and
+            add the same parameter group; they should not log as if the epoch were starting).
+    """
+
+    epoch: int
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    replay: bool = False
+
+
+EpochHook = Callable[[EpochState], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The outcome of :func:`fit`.
+
+    Attributes:
+        run_dir: the run folder.
+        best_checkpoint: ``run_dir / "best.pt"``.
+        last_checkpoint: ``run_dir / "last.pt"``.
+        epochs_completed: number of epochs trained (including those before a resume).
+        best_epoch: 0-based epoch of the best validation Dice.
+        best_val_dice: mean foreground Dice of the best epoch (before post-processing).
+        val_dice: per-entity validation Dice of the best epoch.
+        postprocessing: the post-processing decision stored in the checkpoints.
+        stop_reason: ``"epochs"``, ``"patience"`` or ``"max_time"``.
+        step_losses: training loss of every step of this process's run (averaged over ranks).
+        seconds: wall-clock seconds of the whole run (time before a resume included).
+    """
+
+    run_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    epochs_completed: int
+    best_epoch: int
+    best_val_dice: float
+    val_dice: dict[str, float]
+    postprocessing: dict[str, dict[str, bool]]
+    stop_reason: str
+    step_losses: list[float] = field(default_factory=list, repr=False)
+    seconds: float = 0.0
+
+
+# ----------------------------------------------------------------------------------- batches
+class StepSchedule:
+    """Per-iteration learning-rate schedule (see :mod:`brainseg_cli.training.optim`).
+
+    Each parameter group's initial rate is remembered under ``"initial_lr"`` the first time the
+    schedule sees it, so groups added later by a hook are scheduled from their own initial rate.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, name: str, total_steps: int) -> None:
+        if name not in SCHEDULE_FACTORS:
+            raise ConfigError(f"unknown schedule '{name}'; valid: {', '.join(SCHEDULE_FACTORS)}")
+        if total_steps < 1:
+            raise ConfigError(f"the schedule needs at least one step, got {total_steps}")
+        self.optimizer = optimizer
+        self.name = name
+        self.total_steps = total_steps
+        self.step_count = 0
+        self.apply()
+
+    def factor(self) -> float:
+        """The current multiplier of the initial rates."""
+        return SCHEDULE_FACTORS[self.name](self.step_count, self.total_steps)
+
+    def apply(self) -> None:
+        """Set every group's ``lr`` for the current step."""
+        f = self.factor()
+        for group in self.optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+            group["lr"] = group["initial_lr"] * f
+
+    def step(self) -> None:
+        """Advance one optimiser step."""
+        self.step_count += 1
+        self.apply()
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"name", "total_steps", "step"}``."""
+        return {"name": self.name, "total_steps": self.total_steps, "step": self.step_count}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the step count (the name and total must match this run's)."""
+        if state.get("name") != self.name or state.get("total_steps") != self.total_steps:
+            raise ConfigError(
+                f"the saved schedule ({state.get('name')}, {state.get('total_steps')} steps) differs from this run's "
+                f"({self.name}, {self.total_steps} steps)"
+            )
+        self.step_count = int(state["step"])
+        self.apply()
+
+
+def local_sample_indices(batch_size: int, ctx: D.DistContext) -> list[int]:
+    """Indices ``j`` of the global batch this rank draws (``rank, rank + W, ...``)."""
+    return list(range(ctx.rank, batch_size, ctx.world_size))
+
+
+def foreground_forced(j: int, batch_size: int, fraction: float, rng: np.random.Generator) -> bool:
+    """Whether sample ``j`` of a batch must contain foreground.
+
+    nnU-Net's rule: the samples ``j >= round(batch_size * (1 - fraction))`` are forced. With a
+    batch of one (where that rule never forces anything) the sample is forced with probability
+    ``fraction``, drawn from its own generator.
+    """
+    if batch_size == 1:
+        return bool(rng.random() < fraction)
+    return j >= round(batch_size * (1.0 - fraction))
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``k`` is this rank's share of the global batch of step ``first_step + k``.
+
+    Args:
+        data: the cases (:class:`TrainingCases`).
+        cases: training case names.
+        batch_size: the global batch size.
+        seed: the run's seed.
+        first_step: global step of item 0.
+        num_steps: number of items.
+        indices: the sample indices this rank draws (:func:`local_sample_indices`).
+        augment: augment the patches.
+        foreground_fraction: share of each batch forced to contain foreground.
+    """
+
+    def __init__(self, data: TrainingCases, cases: Sequence[str], *, batch_size: int, seed: int, first_step: int,
+                 num_steps: int, indices: Sequence[int], augment: bool,
+                 foreground_fraction: float = FOREGROUND_FRACTION) -> None:
+        self.data = data
+        self.cases = list(cases)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.first_step = first_step
+        self.num_steps = num_steps
+        self.indices = list(indices)
+        self.augment = augment
+        self.foreground_fraction = foreground_fraction
+
+    def __len__(self) -> int:
+        return self.num_steps
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        step = self.first_step + k
+        images, labels = [], []
+        for j in self.indices:
+            rng = np.random.default_rng([self.seed, step, j])
+            case = self.cases[int(rng.integers(len(self.cases)))]
+            forced = foreground_forced(j, self.batch_size, self.foreground_fraction, rng)
+            image, label = self.data.sample(case, rng=rng, force_foreground=forced, augment=self.augment)
+            images.append(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)))
+            labels.append(torch.from_numpy(np.ascontiguousarray(label).astype(np.int64)))
+        return torch.stack(images), torch.stack(labels)
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def batch_iterator(batches: StepBatches, *, workers: int, pin_memory: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Iterate the steps in order, loading ahead in ``workers`` processes (0: in this process)."""
+    if workers == 0:
+        return (batches[k] for k in range(len(batches)))
+    loader = torch.utils.data.DataLoader(
+        batches, batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin_memory,
+        worker_init_fn=_worker_init, persistent_workers=False, prefetch_factor=2,
+    )
+    return iter(loader)
+
+
+# ----------------------------------------------------------------------------------- RNG state
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """The global RNG states (torch CPU and CUDA, NumPy, Python) as checkpoint-safe data."""
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": _numpy_state_to_safe(np.random.get_state()),
+        "python": _python_state_to_safe(random.getstate()),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
+    """Restore what :func:`rng_state` saved."""
+    torch.set_rng_state(state["torch"].to(torch.uint8).cpu())
+    np.random.set_state(_numpy_state_from_safe(state["numpy"]))
+    random.setstate(_python_state_from_safe(state["python"]))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].to(torch.uint8).cpu(), device)
+
+
+def _numpy_state_to_safe(state: tuple) -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = state
+    return {"name": name, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _numpy_state_from_safe(state: Mapping[str, Any]) -> tuple:
+    keys = state["keys"].numpy().astype(np.uint32)
+    return (state["name"], keys, int(state["pos"]), int(state["has_gauss"]), float(state["cached"]))
+
+
+def _python_state_to_safe(state: tuple) -> dict[str, Any]:
+    version, internal, gauss = state
+    return {"version": version, "state": list(internal), "gauss": gauss}
+
+
+def _python_state_from_safe(state: Mapping[str, Any]) -> tuple:
+    return (state["version"], tuple(int(v) for v in state["state"]), state["gauss"])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), NumPy's global generator and Python's ``random``."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    """The seed of the global RNGs at the start of ``epoch`` on ``rank``."""
+    return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
+
+
+def set_determinism(deterministic: bool) -> None:
+    """Deterministic algorithms (``--deterministic``) or cuDNN autotuning (the default)."""
+    import os
+
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
+# ----------------------------------------------------------------------------------- helpers
+def bare_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict with tensors cloned to the CPU."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _finite(x: float) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def write_config_json(run_dir: Path, config: TrainConfig, runtime: Runtime, extra: Mapping[str, Any]) -> None:
+    """Write ``run_dir/config.json``: the resolved config (atomic)."""
+    data = {"train_config": config.to_dict(), "runtime": {"device": runtime.device, "precision": runtime.precision,
+                                                           "workers": runtime.workers}, **extra}
+    with atomic_write(run_dir / CONFIG_FILE) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def _trainable_signature(model: nn.Module) -> tuple[bool, ...]:
+    return tuple(p.requires_grad for p in model.parameters())
+
+
+@dataclass
+class _Progress:
+    """Best-so-far bookkeeping, saved in ``last.pt`` under ``training``."""
+
+    best_val_dice: float = -1.0
+    best_epoch: int = -1
+    best_val: dict[str, float] = field(default_factory=dict)
+    elapsed: float = 0.0
+    epoch_seconds: list[float] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------- fit
+def fit(
+    *,
+    model: nn.Module,
+    plan: Mapping[str, Any],
+    dataset: TrainingCases,
+    train_cases: Sequence[str],
+    val_cases: Sequence[str],
+    run_dir: str | Path,
+    config: TrainConfig,
+    param_groups: Iterable[dict[str, Any]] | None = None,
+    epoch_hooks: Sequence[EpochHook] = (),
+    train_mode_hook: Callable[[nn.Module], None] | None = None,
+    checkpoint_extra: Mapping[str, Any] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    dist_ctx: D.DistContext | None = None,
+) -> TrainResult:
+    """Train ``model`` and write ``best.pt``, ``last.pt``, ``metrics.csv`` and ``config.json`` to ``run_dir``.
+
+    Args:
+        model: a :class:`~brainseg_cli.models.base.SegmentationModel` (on the CPU; moved to the
+            config's device). Its weights are the starting point (ignored on ``--resume``, which
+            loads ``last.pt``).
+        plan: the plan (``patch_size``, ``batch_size``, ``labels``, ``regions``, ``region_based``,
+            ``channels``, ``slice_axis``, ...).
+        dataset: the preprocessed cases (:class:`TrainingCases`).
+        train_cases: names of the training cases.
+        val_cases: names of the validation cases (at least one).
+        run_dir: the run folder (created; must be empty unless ``config.resume``).
+        config: the training options.
+        param_groups: optimiser parameter groups (dicts with ``params`` and optionally ``lr``);
+            default: all parameters that require grad, one group.
+        epoch_hooks: called with an :class:`EpochState` at the start of every epoch (and replayed on
+            resume for the epochs already run).
+        train_mode_hook: called with the model after every ``model.train()`` (e.g. to put frozen
+            BatchNorm layers back into eval mode).
+        checkpoint_extra: entries merged into the checkpoints' ``training`` section (e.g.
+            ``dataset_fingerprint``, the pretrained checkpoint a fine-tune started from).
+        progress: ``progress(description, done_steps, total_steps)``.
+        dist_ctx: the data-parallel context (default: a single process).
+
+    Returns:
+        The :class:`TrainResult` (on every rank).
+
+    Raises:
+        ConfigError: a non-empty run folder without ``resume``, a resume whose options differ,
+            invalid options for this machine.
+        BrainsegError: training diverged (non-finite loss).
+    """
+    ctx = dist_ctx or D.SINGLE
+    run_dir = Path(run_dir)
+    if not val_cases:
+        raise ConfigError("training needs at least one validation case")
+    if not train_cases:
+        raise ConfigError("training needs at least one training case")
+    runtime = resolve_runtime(config, local_rank=ctx.local_rank if ctx.distributed else None)
+    for note in runtime.notes:
+        logger.warning(note)
+    device = torch.device(runtime.device)
+    set_determinism(config.deterministic)
+
+    resume_from = check_run_dir(run_dir, resume=config.resume, is_main=ctx.is_main)
+    region_based = bool(plan.get("region_based"))
+    regions = {str(k): [int(v) for v in vs] for k, vs in (plan.get("regions") or {}).items()}
+    labels = {str(k): int(v) for k, v in plan["labels"].items()}
+    entities = validation_entities(labels=labels, regions=regions, region_based=region_based)
+    activation = "sigmoid" if region_based else "softmax"
+    region_lists = list(regions.values()) if region_based else None
+    expected = len(regions) if region_based else len(labels)
+    outputs_of_model = getattr(model, "num_classes", expected)
+    if outputs_of_model != expected:
+        what = f"{expected} regions ({', '.join(regions)})" if region_based else f"{expected} labels ({', '.join(labels)})"
+        raise ConfigError(f"the model has {outputs_of_model} outputs but the plan needs {what}")
+
+    # Loss: Dice (+ CE / BCE), background left out of the softmax Dice term (nnU-Net), deep supervision.
+    from brainseg_cli.losses import DeepSupervisionLoss, build_loss, labels_to_regions
+
+    options: dict[str, Any] = {"activation": activation}
+    if not region_based:
+        options["include_background"] = False
+    base_loss = build_loss(config.loss, **options)
+    num_outputs = int(getattr(model, "num_outputs", 1)) if getattr(model, "deep_supervision", False) else 1
+    train_loss_fn: nn.Module = DeepSupervisionLoss(base_loss, num_outputs) if num_outputs > 1 else base_loss
+
+    def make_target(label: torch.Tensor) -> torch.Tensor:
+        return labels_to_regions(label, region_lists) if region_lists is not None else label
+
+    def val_target(label: np.ndarray) -> torch.Tensor:
+        return make_target(torch.from_numpy(np.asarray(label).astype(np.int64))[None])
+
+    # Optimiser and schedule.
+    settings = resolved_optimizer_settings(name=config.optimizer, lr=config.lr, schedule=config.schedule,
+                                           weight_decay=config.weight_decay)
+    model.to(device)
+    groups = list(param_groups) if param_groups is not None else list(model.parameters())
+    optimizer = build_optimizer(groups, name=config.optimizer, lr=config.lr, weight_decay=config.weight_decay)
+    total_steps = config.epochs * config.iterations_per_epoch
+    schedule = StepSchedule(optimizer, name=settings["schedule"], total_steps=total_steps)
+    scaler = torch.amp.GradScaler("cuda") if runtime.precision == "fp16" else None
+
+    state = _Progress()
+    start_epoch = 0
+    if resume_from is not None:
+        start_epoch = _restore(resume_from, model=model, optimizer=optimizer, schedule=schedule, scaler=scaler,
+                               state=state, device=device, hooks=epoch_hooks, config=config)
+    else:
+        seed_everything(config.seed + ctx.rank)
+
+    metrics = MetricsLog(run_dir, list(entities), enabled=ctx.is_main)
+    if resume_from is not None:
+        metrics.load_until(start_epoch - 1)
+    tensorboard = TensorBoardLog(run_dir / "tensorboard", enabled=ctx.is_main)
+    if ctx.is_main:
+        write_config_json(run_dir, config, runtime, {
+            "optimizer": settings, "train_cases": list(train_cases), "val_cases": list(val_cases),
+            "world_size": ctx.world_size, "tool_version": __version__,
+        })
+
+    batch_size = int(plan["batch_size"])
+    if batch_size < ctx.world_size:
+        raise ConfigError(f"batch size {batch_size} is smaller than the {ctx.world_size} processes; raise --batch-size")
+    if batch_size % ctx.world_size:
+        logger.warning("batch size %d is not a multiple of %d processes: ranks get unequal shares", batch_size,
+                       ctx.world_size)
+    first_step = start_epoch * config.iterations_per_epoch
+    batches = StepBatches(dataset, train_cases, batch_size=batch_size, seed=config.seed, first_step=first_step,
+                          num_steps=max(total_steps - first_step, 0), indices=local_sample_indices(batch_size, ctx),
+                          augment=config.augment,
+                          foreground_fraction=float((plan.get("sampling") or {}).get("foreground_fraction",
+                                                                                     FOREGROUND_FRACTION)))
+    data_iter = batch_iterator(batches, workers=runtime.workers, pin_memory=device.type == "cuda")
+
+    network = _wrap(model, ctx=ctx, device=device, compile_model=config.compile)
+    signature = _trainable_signature(model)
+
+    base_extra = dict(checkpoint_extra or {})
+    common_training = {
+        "seed": config.seed, "config": config.to_dict(), "optimizer": settings,
+        "train_cases": list(train_cases), "val_cases": list(val_cases), "world_size": ctx.world_size,
+        "precision": runtime.precision, "dataset_fingerprint": base_extra.pop("dataset_fingerprint", None),
+        **base_extra,
+    }
+
+    def payload(epoch: int, *, last: bool, postprocessing: Mapping[str, Any], val: Mapping[str, float]) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "tool_version": __version__,
+            "model": {"name": getattr(model, "name", type(model).__name__), "config": dict(getattr(model, "config", {}))},
+            "plan": dict(plan),
+            "channels": list(plan.get("channels", [])),
+            "labels": labels,
+            "regions": regions,
+            "postprocessing": {k: dict(v) for k, v in postprocessing.items()},
+            "training": {
+                **common_training,
+                "epoch": epoch,
+                "best_epoch": state.best_epoch,
+                "best_val_dice": state.best_val_dice,
+                "val_dice": dict(val),
+                "elapsed_seconds": state.elapsed,
+                "epoch_seconds": list(state.epoch_seconds),
+            },
+            "state_dict": bare_state_dict(model),
+        }
+        if last:
+            data["optimizer"] = {"state": optimizer.state_dict(),
+                                 "grad_scaler": scaler.state_dict() if scaler is not None else None}
+            data["scheduler"] = schedule.state_dict()
+            data["rng"] = rng_state(device)
+        return data
+
+    default_pp = {name: {"largest_component": False} for name, v in sorted(labels.items(), key=lambda kv: kv[1]) if v}
+    best_predictions: dict[str, np.ndarray] | None = None
+    step_losses: list[float] = []
+    stop_reason = "epochs"
+    segment_start = time.perf_counter()
+    elapsed_before = state.elapsed
+    epoch = start_epoch - 1
+    last_loss = float("nan")
+
+    def describe(ep: int) -> str:
+        text = f"epoch {ep + 1}/{config.epochs}"
+        if _finite(last_loss):
+            text += f" loss {last_loss:.4f}"
+        if state.best_epoch >= 0:
+            text += f" best Dice {state.best_val_dice:.3f}"
+        return text
+
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            epoch_start = time.perf_counter()
+            # Global RNGs (dropout, anything a model draws) restart from (seed, rank, epoch) every
+            # epoch, so a resumed or re-run epoch draws the same numbers on every rank.
+            seed_everything(epoch_seed(config.seed, ctx.rank, epoch))
+            for hook in epoch_hooks:
+                hook(EpochState(epoch=epoch, model=model, optimizer=optimizer))
+            if _trainable_signature(model) != signature:
+                signature = _trainable_signature(model)
+                network = _wrap(model, ctx=ctx, device=device, compile_model=config.compile)
+            network.train()
+            if train_mode_hook is not None:
+                train_mode_hook(model)
+
+            losses = torch.zeros(config.iterations_per_epoch, dtype=torch.float32, device=device)
+            data_seconds = 0.0
+            for it in range(config.iterations_per_epoch):
+                t0 = time.perf_counter()
+                images, label = next(data_iter)
+                data_seconds += time.perf_counter() - t0
+                images = images.to(device, non_blocking=True)
+                target = make_target(label.to(device, non_blocking=True))
+                optimizer.zero_grad(set_to_none=True)
+                with _autocast(runtime.precision, device):
+                    outputs = network(images)
+                outputs = [o.float() for o in outputs] if isinstance(outputs, (list, tuple)) else outputs.float()
+                loss = train_loss_fn(outputs, target)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                else:
+                    loss.backward()
+                if config.grad_clip:
+                    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                                   config.grad_clip)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                schedule.step()
+                losses[it] = loss.detach()  # stays on the device: no synchronisation per step
+                if progress is not None and ctx.is_main and ((it + 1) % PROGRESS_EVERY == 0 or it + 1 == config.iterations_per_epoch):
+                    last_loss = float(losses[max(0, it + 1 - PROGRESS_EVERY):it + 1].mean())
+                    progress(describe(epoch), epoch * config.iterations_per_epoch + it + 1, total_steps)
+
+            losses = D.all_reduce_mean(losses, ctx).cpu()
+            step_losses.extend(float(v) for v in losses)
+            train_loss = float(losses.mean())
+            last_loss = train_loss
+            if not math.isfinite(train_loss):
+                raise BrainsegError(
+                    f"training diverged: the loss is {train_loss} in epoch {epoch} (lower --lr or use --precision fp32)"
+                )
+
+            # Decide (on rank 0) whether this epoch is the last and whether to validate it.
+            train_seconds = time.perf_counter() - epoch_start
+            val: ValidationResult | None = None
+            decision = None
+            if ctx.is_main:
+                estimate = np.mean(state.epoch_seconds[-5:] + [train_seconds]) if state.epoch_seconds else train_seconds
+                elapsed_now = elapsed_before + time.perf_counter() - segment_start
+                out_of_time = (config.max_time_min is not None
+                               and elapsed_now + estimate > config.max_time_min * 60.0)
+                is_last = epoch + 1 >= config.epochs or out_of_time
+                do_val = is_last or (epoch + 1) % config.val_every == 0
+                decision = {"out_of_time": out_of_time, "do_val": do_val}
+            decision = D.broadcast_object(decision, ctx)
+
+            improved = False
+            if decision["do_val"]:
+                if ctx.is_main:
+                    if progress is not None:
+                        progress(describe(epoch) + " validating", (epoch + 1) * config.iterations_per_epoch, total_steps)
+                    val = validate(model, _val_iter(dataset, val_cases), plan=plan, entities=entities,
+                                   loss_fn=base_loss, target_fn=val_target, precision=runtime.precision,
+                                   device=device)
+                    if train_mode_hook is not None:
+                        train_mode_hook(model)
+                    improved = math.isfinite(val.mean) and val.mean > state.best_val_dice
+                    if improved:
+                        state.best_val_dice = val.mean
+                        state.best_epoch = epoch
+                        state.best_val = dict(val.mean_per_entity)
+                        best_predictions = val.predictions
+                    logger.info("epoch %d: train loss %.4f, val loss %.4f, val Dice %s, mean %.4f%s", epoch, train_loss,
+                                val.loss, ", ".join(f"{k} {v:.3f}" for k, v in val.mean_per_entity.items()), val.mean,
+                                " (best)" if improved else "")
+                improved = bool(D.broadcast_object(improved, ctx))
+            elif ctx.is_main:
+                logger.info("epoch %d: train loss %.4f", epoch, train_loss)
+
+            seconds = time.perf_counter() - epoch_start
+            state.epoch_seconds.append(seconds)
+            state.elapsed = elapsed_before + time.perf_counter() - segment_start
+            if ctx.is_main:
+                row = {"epoch": epoch, "train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"],
+                       "seconds": seconds, "data_seconds": data_seconds}
+                if val is not None:
+                    row["val_loss"] = val.loss
+                    row.update({f"val_dice_{k}": v for k, v in val.mean_per_entity.items()})
+                    row["val_dice_mean"] = val.mean
+                # The row goes first: a crash between the two writes leaves a row the resume drops,
+                # never a checkpoint without its row.
+                metrics.append(row)
+                tensorboard.scalars(row, step=epoch)
+                if improved:
+                    save_checkpoint(run_dir / BEST, payload(epoch, last=False, postprocessing=default_pp,
+                                                            val=state.best_val))
+                save_checkpoint(run_dir / LAST, payload(epoch, last=True, postprocessing=default_pp,
+                                                        val=val.mean_per_entity if val is not None else {}))
+
+            stop = None
+            if ctx.is_main:
+                if decision["out_of_time"] and epoch + 1 < config.epochs:
+                    stop = "max_time"
+                elif (config.patience is not None and decision["do_val"] and state.best_epoch >= 0
+                      and epoch - state.best_epoch >= config.patience and epoch + 1 < config.epochs):
+                    stop = "patience"
+            stop = D.broadcast_object(stop, ctx)
+            if stop is not None:
+                stop_reason = stop
+                logger.info("stopping after epoch %d: %s", epoch,
+                            "wall-clock budget reached" if stop == "max_time"
+                            else f"no improvement for {config.patience} epochs")
+                break
+    finally:
+        tensorboard.close()
+        _close(data_iter)
+
+    # Post-processing decision on the best epoch's predictions (rank 0), stored in both checkpoints.
+    postprocessing = default_pp
+    if ctx.is_main:
+        postprocessing = _decide_and_store(run_dir, model=model, dataset=dataset, val_cases=val_cases, plan=plan,
+                                           labels=labels, entities=entities, predictions=best_predictions,
+                                           precision=runtime.precision, device=device)
+    postprocessing = D.broadcast_object(postprocessing, ctx)
+    best = D.broadcast_object((state.best_epoch, state.best_val_dice, state.best_val), ctx)
+    D.barrier(ctx)
+    return TrainResult(
+        run_dir=run_dir, best_checkpoint=run_dir / BEST, last_checkpoint=run_dir / LAST,
+        epochs_completed=epoch + 1, best_epoch=best[0], best_val_dice=best[1], val_dice=dict(best[2]),
+        postprocessing=postprocessing, stop_reason=stop_reason, step_losses=step_losses, seconds=state.elapsed,
+    )
+
+
+def _autocast(precision: str, device: torch.device):
+    from brainseg_cli.inference.sliding_window import autocast_context
+
+    return autocast_context(precision, device) if precision != "fp32" else nullcontext()
+
+
+def _wrap(model: nn.Module, *, ctx: D.DistContext, device: torch.device, compile_model: bool) -> nn.Module:
+    network: nn.Module = model
+    if ctx.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [device.index] if device.type == "cuda" else None
+        # Some parameters never take part in the loss (the lowest deep-supervision head has loss
+        # weight 0), which DDP refuses unless told.
+        network = DDP(model, device_ids=ids, find_unused_parameters=True)
+    if compile_model:
+        network = torch.compile(network)
+    return network
+
+
+def _close(iterator: Iterator) -> None:
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
+def _val_iter(dataset: TrainingCases, cases: Sequence[str]) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    for case in cases:
+        image, label = dataset.load_case(case)
+        yield case, image, label
+
+
+def check_run_dir(run_dir: Path, *, resume: bool, is_main: bool = True, create: bool = True) -> Path | None:
+    """Check the run folder before a run; return ``last.pt`` to resume from, or None for a fresh run.
+
+    A fresh run needs a missing or empty folder (files callers write first, :data:`CALLER_ENTRIES`,
+    are allowed). ``resume`` needs ``last.pt``; a run folder that stopped before its first epoch
+    ended (it has ``config.json`` or ``plan.json`` but no ``last.pt``) starts afresh.
+
+    Args:
+        run_dir: the run folder.
+        resume: ``--resume`` was given.
+        is_main: only rank 0 checks the folder's content.
+        create: create the folder.
+
+    Raises:
+        ConfigError: a non-empty folder without ``resume``, or nothing to resume.
+    """
+    run_dir = Path(run_dir)
+    last = run_dir / LAST
+    if resume:
+        if last.exists():
+            return last
+        if any((run_dir / name).exists() for name in (CONFIG_FILE, *CALLER_ENTRIES)):
+            if is_main:
+                logger.warning("--resume: %s has no %s yet (the run stopped in its first epoch); starting afresh",
+                               run_dir, LAST)
+        else:
+            raise ConfigError(f"--resume: nothing to resume in {run_dir} (no {LAST}); start a new run without --resume")
+    elif is_main and run_dir.exists():
+        if not run_dir.is_dir():
+            raise ConfigError(f"run folder {run_dir} exists and is not a folder")
+        extra = sorted(p.name for p in run_dir.iterdir() if p.name not in CALLER_ENTRIES)
+        if extra:
+            raise ConfigError(
+                f"run folder {run_dir} is not empty (it holds {', '.join(extra[:3])}); "
+                "continue it with --resume or choose a new folder"
+            )
+    if create:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def _restore(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: StepSchedule,
+             scaler: Any, state: _Progress, device: torch.device, hooks: Sequence[EpochHook],
+             config: TrainConfig) -> int:
+    """Load ``last.pt`` into the live objects; return the epoch to start with."""
+    ckpt = load_checkpoint(path, map_location="cpu")
+    for key in ("optimizer", "scheduler", "rng"):
+        if key not in ckpt:
+            raise CheckpointError(f"checkpoint {path} lacks '{key}' and cannot be resumed from")
+    training = ckpt["training"]
+    saved_config = training.get("config", {})
+    diffs = config_differences(saved_config, config)
+    if diffs:
+        raise ConfigError(f"--resume with options that differ from the run in {path.parent}: {'; '.join(diffs)}")
+    if saved_config.get("epochs") != config.epochs:
+        raise ConfigError(
+            f"--resume: the run was started with --epochs {saved_config.get('epochs')}, not {config.epochs} "
+            "(the learning-rate schedule depends on it)"
+        )
+    start = int(training["epoch"]) + 1
+    for epoch in range(start):
+        for hook in hooks:
+            hook(EpochState(epoch=epoch, model=model, optimizer=optimizer, replay=True))
+    model.load_state_dict({k: v.to(device) for k, v in ckpt["state_dict"].items()}, strict=True)
+    optimizer.load_state_dict(ckpt["optimizer"]["state"])
+    schedule.load_state_dict(ckpt["scheduler"])
+    if scaler is not None and ckpt["optimizer"].get("grad_scaler"):
+        scaler.load_state_dict(ckpt["optimizer"]["grad_scaler"])
+    set_rng_state(ckpt["rng"], device)
+    state.best_val_dice = float(training.get("best_val_dice", -1.0))
+    state.best_epoch = int(training.get("best_epoch", -1))
+    state.elapsed = float(training.get("elapsed_seconds", 0.0))
+    state.epoch_seconds = [float(s) for s in training.get("epoch_seconds", [])]
+    if state.best_epoch >= 0 and (path.parent / BEST).exists():
+        best = load_checkpoint(path.parent / BEST)
+        state.best_val = {str(k): float(v) for k, v in best["training"].get("val_dice", {}).items()}
+    logger.info("resuming %s at epoch %d", path.parent, start)
+    return start
+
+
+def _decide_and_store(run_dir: Path, *, model: nn.Module, dataset: TrainingCases, val_cases: Sequence[str],
+                      plan: Mapping[str, Any], labels: Mapping[str, int], entities: Mapping[str, Sequence[int]],
+                      predictions: Mapping[str, np.ndarray] | None, precision: str,
+                      device: torch.device) -> dict[str, dict[str, bool]]:
+    """Decide the post-processing on the best checkpoint and write it into ``best.pt`` and ``last.pt``."""
+    best_path = run_dir / BEST
+    if not best_path.exists():
+        logger.warning("no best checkpoint (validation never produced a finite Dice): post-processing stays off")
+        return {name: {"largest_component": False} for name, v in labels.items() if v}
+    best = load_checkpoint(best_path)
+    references = {case: dataset.load_case(case)[1] for case in val_cases}
+    if predictions is None or set(predictions) != set(val_cases):
+        # The best epoch ran before a resume: predict again with its weights.
+        import copy
+
+        net = copy.deepcopy(model)
+        net.load_state_dict({k: v.to(device) for k, v in best["state_dict"].items()})
+        result = validate(net, _val_iter(dataset, val_cases), plan=plan, entities=entities, precision=precision,
+                          device=device)
+        predictions = result.predictions
+    decision = decide_postprocessing(predictions, references, labels=labels, entities=entities)
+    for path in (best_path, run_dir / LAST):
+        if not path.exists():
+            continue
+        ckpt = best if path == best_path else load_checkpoint(path)
+        ckpt["postprocessing"] = decision.postprocessing
+        ckpt["training"]["val_dice_postprocessed"] = decision.dice_after
+        save_checkpoint(path, ckpt)
+    return decision.postprocessing

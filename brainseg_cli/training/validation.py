@@ -1,0 +1,289 @@
+"""Validation during training, and the post-processing decision at its end.
+
+Validation predicts each held-out case *in the preprocessed space* (the plan's spacing, crop and
+normalisation; the same space the network trains in) with the sliding-window code of ``predict``
+(:func:`brainseg_cli.inference.sliding_window_predict`), turns probabilities into labels with
+:func:`brainseg_cli.inference.probabilities_to_labels`, and scores them with the Dice of
+:mod:`brainseg_cli.metrics.overlap` (DESIGN §4, ``brats`` empty policy: both empty = 1).
+
+*Entities* are what Dice is reported for: the foreground labels (``{name: [value]}``) of a softmax
+model, or the regions (``{"WT": [1, 2, 3], ...}``) of a region-based (sigmoid) model. The mean
+foreground Dice is the mean over entities of the per-entity mean over cases.
+
+The validation loss is the training loss (without deep supervision) evaluated on the whole
+sliding-window prediction: the probabilities are turned back into logits (``log p`` for softmax,
+``log(p / (1 - p))`` for sigmoid, both exact inverses of the activation) so that the same loss
+module applies.
+
+Post-processing decision (:func:`decide_postprocessing`): labels are tried one at a time, in label
+order; keep-largest-component for a label is kept switched on only when it raises the mean
+foreground Dice over the validation cases and lowers no entity's Dice (nnU-Net's rule, per label).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from brainseg_cli.errors import ConfigError
+from brainseg_cli.inference import apply_largest_component, probabilities_to_labels, sliding_window_predict
+from brainseg_cli.metrics.overlap import label_confusion, overlap_metrics
+
+logger = logging.getLogger(__name__)
+
+#: Window overlap used for validation (nnU-Net validates with step 0.5 as well).
+VAL_OVERLAP = 0.5
+
+#: Smallest mean-Dice gain that switches post-processing on (guards against float noise).
+MIN_GAIN = 1e-6
+
+
+def validation_entities(
+    *, labels: Mapping[str, int], regions: Mapping[str, Sequence[int]] | None, region_based: bool
+) -> dict[str, list[int]]:
+    """The entities Dice is reported for, in output order.
+
+    Args:
+        labels: dataset labels, name -> value (``"background": 0`` included).
+        regions: region name -> label values (used when ``region_based``).
+        region_based: the model has one sigmoid output per region.
+
+    Returns:
+        ``{name: [label values]}``: the regions for a region-based model, else each foreground
+        label on its own, sorted by value.
+
+    Raises:
+        ConfigError: a region-based model without regions.
+    """
+    if region_based:
+        if not regions:
+            raise ConfigError("a region-based plan needs regions, but none are defined")
+        return {name: sorted(int(v) for v in values) for name, values in regions.items()}
+    return {name: [int(v)] for name, v in sorted(labels.items(), key=lambda kv: kv[1]) if int(v) != 0}
+
+
+def case_dice(pred: np.ndarray, ref: np.ndarray, entities: Mapping[str, Sequence[int]]) -> dict[str, float]:
+    """Dice of each entity for one case.
+
+    Args:
+        pred: predicted label map, e.g. ``(X, Y, Z)``.
+        ref: reference label map, same shape.
+        entities: ``{name: [label values]}``.
+
+    Returns:
+        ``{name: dice}`` in ``entities`` order (1.0 where both masks are empty).
+    """
+    confusion = label_confusion(pred, ref)
+    return {name: overlap_metrics(confusion.for_members(members))["dice"] for name, members in entities.items()}
+
+
+def mean_dice(per_case: Sequence[Mapping[str, float]], names: Sequence[str]) -> dict[str, float]:
+    """Per-entity mean over cases (NaN for no cases)."""
+    return {n: float(np.mean([c[n] for c in per_case])) if per_case else float("nan") for n in names}
+
+
+def predict_preprocessed(
+    network: nn.Module,
+    image: np.ndarray | torch.Tensor,
+    *,
+    patch_size: Sequence[int],
+    activation: str,
+    precision: str = "fp32",
+    device: torch.device | str | None = None,
+    slice_axis: int | None = None,
+    overlap: float = VAL_OVERLAP,
+    batch_size: int = 1,
+) -> torch.Tensor:
+    """Sliding-window probabilities of one preprocessed case (``predict``'s sliding window).
+
+    Args:
+        network: the segmentation network (on ``device``).
+        image: ``(C, X, Y, Z)`` preprocessed volume (or ``(C, X, Y)`` for 2-D data).
+        patch_size: the plan's patch size (3 ints, or 2 for a 2-D network).
+        activation: ``softmax`` or ``sigmoid``.
+        precision: ``fp32``, ``bf16`` or ``fp16``.
+        device: where the network runs.
+        slice_axis: for a 2-D network on a 3-D volume, the spatial axis (0, 1 or 2) sliced along.
+        overlap: window overlap.
+        batch_size: windows per network call.
+
+    Returns:
+        ``(K, *spatial)`` float32 probabilities on the CPU.
+    """
+    image = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
+    sliced = len(patch_size) == 2 and image.ndim == 4
+    if sliced and slice_axis is None:
+        raise ConfigError("a 2-D network on a 3-D volume needs the plan's slice_axis")
+    return sliding_window_predict(network, image, patch_size=patch_size, overlap=overlap, precision=precision,
+                                  device=device, activation=activation, batch_size=batch_size,
+                                  slice_axis=int(slice_axis) if sliced else None)
+
+
+def probabilities_to_logits(probs: torch.Tensor, *, activation: str) -> torch.Tensor:
+    """The logits whose softmax (or sigmoid) are ``probs`` (clamped away from 0 and 1)."""
+    eps = 1e-6
+    p = probs.clamp(eps, 1.0 - eps)
+    if activation == "softmax":
+        return torch.log(p)
+    return torch.log(p) - torch.log1p(-p)
+
+
+@dataclass
+class ValidationResult:
+    """The outcome of validating on all held-out cases.
+
+    Attributes:
+        per_case: ``{case: {entity: dice}}``.
+        mean_per_entity: ``{entity: mean Dice over cases}``.
+        mean: mean foreground Dice (mean of ``mean_per_entity``).
+        loss: mean validation loss over cases (NaN without a loss function).
+        predictions: ``{case: label map}`` (kept for the post-processing decision).
+    """
+
+    per_case: dict[str, dict[str, float]]
+    mean_per_entity: dict[str, float]
+    mean: float
+    loss: float
+    predictions: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+
+def validate(
+    network: nn.Module,
+    cases: Iterable[tuple[str, np.ndarray, np.ndarray]],
+    *,
+    plan: Mapping[str, Any],
+    entities: Mapping[str, Sequence[int]],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    target_fn: Callable[[np.ndarray], torch.Tensor] | None = None,
+    precision: str = "fp32",
+    device: torch.device | str | None = None,
+    keep_predictions: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> ValidationResult:
+    """Predict and score every validation case.
+
+    Args:
+        network: the network (its train/eval mode is restored afterwards).
+        cases: ``(case, image (C, X, Y, Z) float32, label (X, Y, Z) uint8)`` in the preprocessed space.
+        plan: the plan (``patch_size``, ``region_based``, ``regions``, ``slice_axis``).
+        entities: from :func:`validation_entities`.
+        loss_fn: the loss (logits ``(1, K, *spatial)``, target) -> scalar, or None for no loss.
+        target_fn: label map -> the loss target with a batch axis (labels ``(1, *spatial)`` long,
+            or region masks ``(1, R, *spatial)`` float); required with ``loss_fn``.
+        precision: autocast precision of the forward passes.
+        device: where the network runs.
+        keep_predictions: keep the label maps in the result.
+        progress: called with (done, total) after each case (total -1 when unknown).
+
+    Returns:
+        The :class:`ValidationResult`.
+    """
+    region_based = bool(plan.get("region_based"))
+    activation = "sigmoid" if region_based else "softmax"
+    region_lists = [list(v) for v in plan["regions"].values()] if region_based else None
+    per_case: dict[str, dict[str, float]] = {}
+    predictions: dict[str, np.ndarray] = {}
+    losses: list[float] = []
+    case_list = list(cases)
+    for i, (case, image, label) in enumerate(case_list):
+        probs = predict_preprocessed(network, image, patch_size=plan["patch_size"], activation=activation,
+                                     precision=precision, device=device, slice_axis=plan.get("slice_axis"),
+                                     batch_size=int(plan.get("batch_size", 1)))
+        pred = probabilities_to_labels(probs, regions=region_lists)
+        per_case[case] = case_dice(pred, label, entities)
+        if loss_fn is not None and target_fn is not None:
+            with torch.no_grad():
+                logits = probabilities_to_logits(probs, activation=activation)[None]
+                losses.append(float(loss_fn(logits, target_fn(label))))
+        if keep_predictions:
+            predictions[case] = pred
+        if progress is not None:
+            progress(i + 1, len(case_list))
+    names = list(entities)
+    means = mean_dice(list(per_case.values()), names)
+    mean = float(np.mean(list(means.values()))) if means else float("nan")
+    loss = float(np.mean(losses)) if losses else float("nan")
+    return ValidationResult(per_case=per_case, mean_per_entity=means, mean=mean, loss=loss, predictions=predictions)
+
+
+@dataclass(frozen=True)
+class PostprocessingDecision:
+    """The outcome of :func:`decide_postprocessing`.
+
+    Attributes:
+        postprocessing: ``{label name: {"largest_component": bool}}`` for every foreground label
+            (the checkpoint's ``postprocessing`` section).
+        dice_before: per-entity mean Dice without post-processing.
+        dice_after: per-entity mean Dice with the chosen post-processing.
+        trials: ``{label name: {"mean_before", "mean_after", "accepted"}}``, for the log.
+    """
+
+    postprocessing: dict[str, dict[str, bool]]
+    dice_before: dict[str, float]
+    dice_after: dict[str, float]
+    trials: dict[str, dict[str, Any]]
+
+
+def decide_postprocessing(
+    predictions: Mapping[str, np.ndarray],
+    references: Mapping[str, np.ndarray],
+    *,
+    labels: Mapping[str, int],
+    entities: Mapping[str, Sequence[int]],
+) -> PostprocessingDecision:
+    """Decide, per foreground label, whether keep-largest-component helps on the validation cases.
+
+    Labels are tried in increasing value; each trial applies the already accepted labels plus the
+    candidate (with :func:`brainseg_cli.inference.apply_largest_component`). The candidate is
+    accepted when the mean foreground Dice rises by more than :data:`MIN_GAIN` and no entity's mean
+    Dice falls.
+
+    Args:
+        predictions: ``{case: predicted label map}``.
+        references: ``{case: reference label map}`` (same keys and shapes).
+        labels: dataset labels, name -> value (background ignored).
+        entities: the scored entities (:func:`validation_entities`).
+
+    Returns:
+        The :class:`PostprocessingDecision`.
+    """
+    cases = sorted(predictions)
+    names = list(entities)
+    foreground = sorted(((name, int(v)) for name, v in labels.items() if int(v) != 0), key=lambda kv: kv[1])
+
+    def score(accepted: list[int]) -> dict[str, float]:
+        per_case = []
+        for case in cases:
+            pred = predictions[case]
+            if accepted:
+                pred = apply_largest_component(pred, labels_to_process=accepted)
+            per_case.append(case_dice(pred, references[case], entities))
+        return mean_dice(per_case, names)
+
+    before = score([])
+    current = dict(before)
+    accepted: list[int] = []
+    decisions: dict[str, dict[str, bool]] = {}
+    trials: dict[str, dict[str, Any]] = {}
+    for name, value in foreground:
+        trial = score([*accepted, value])
+        mean_now = float(np.mean(list(current.values()))) if current else float("nan")
+        mean_trial = float(np.mean(list(trial.values()))) if trial else float("nan")
+        worse = [n for n in names if trial[n] < current[n] - 1e-12]
+        ok = bool(cases) and mean_trial > mean_now + MIN_GAIN and not worse
+        trials[name] = {"mean_before": mean_now, "mean_after": mean_trial, "accepted": ok,
+                        "worse": worse}
+        decisions[name] = {"largest_component": ok}
+        if ok:
+            accepted.append(value)
+            current = trial
+        logger.info("post-processing: largest component of '%s' %s (mean Dice %.4f -> %.4f%s)", name,
+                    "on" if ok else "off", mean_now, mean_trial,
+                    f"; worse: {', '.join(worse)}" if worse else "")
+    return PostprocessingDecision(postprocessing=decisions, dice_before=before, dice_after=current, trials=trials)

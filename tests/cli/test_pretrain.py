@@ -1,0 +1,205 @@
+"""``brainseg pretrain`` on the command line: end to end on phantoms, options, usage errors, kill -9 + resume,
+data-parallel processes, and a short run on real BraTS cases."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from brainseg_cli.cli.main import app
+from brainseg_cli.data.phantom import write_phantom_dataset
+from brainseg_cli.training.checkpoint import build_model_from_checkpoint, load_checkpoint
+
+runner = CliRunner()
+REPO = Path(__file__).resolve().parents[2]
+FAST = ["--epochs", "2", "--iterations", "2", "--patch-size", "16,16,16", "--batch-size", "2", "--workers", "0",
+        "--device", "cpu", "--val-cases", "1"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    """Commands run with --threads 1 (see ONE_THREAD); restore what that changes in this process."""
+    before = torch.get_num_threads()
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.setenv(var, os.environ.get(var, str(before)))
+    yield
+    torch.set_num_threads(before)
+
+
+#: Root options for every invocation: one thread (OpenMP threads competing for busy cores are slow).
+ONE_THREAD = ["--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    return write_phantom_dataset(tmp_path_factory.mktemp("phantom") / "ds", n_cases=4, seed=3, shape=(32, 32, 24))
+
+
+@pytest.fixture(scope="module")
+def narrow(tmp_path_factory) -> list[str]:
+    """An options file making the planned network narrow (4 base features), for speed."""
+    path = tmp_path_factory.mktemp("options") / "narrow.json"
+    path.write_text(json.dumps({"model_config": {"base_features": 4}}))
+    return ["--options-file", str(path)]
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_end_to_end(phantom, narrow, tmp_path):
+    run = tmp_path / "run"
+    res = runner.invoke(app, [*ONE_THREAD, "pretrain", str(phantom), "-o", str(run), *FAST, *narrow, "--no-aug", "--seed", "4",
+                              "--optimizer", "adam", "--grad-clip", "0", "--loss", "dice"])
+    assert res.exit_code == 0, res.output
+    assert res.output.strip().splitlines()[-1] == str(run / "best.pt")
+    assert "mean validation Dice" in res.output
+    assert {"plan.json", "preprocessed", "config.json", "metrics.csv", "best.pt", "last.pt"} <= {p.name for p in run.iterdir()}
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["patch_size"] == [16, 16, 16] and plan["batch_size"] == 2 and plan["region_based"] is False
+    rows = _rows(run)
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert list(rows[0])[3:6] == ["val_dice_edema", "val_dice_non-enhancing tumour", "val_dice_enhancing tumour"]
+    config = json.loads((run / "config.json").read_text())["train_config"]
+    assert (config["augment"], config["seed"], config["optimizer"], config["grad_clip"], config["loss"]) == (
+        False, 4, "adam", 0.0, "dice")
+    assert json.loads((run / "config.json").read_text())["optimizer"]["lr"] == 1e-4
+    ckpt = load_checkpoint(run / "best.pt")
+    assert ckpt["channels"] == ["T1", "T1c", "T2", "FLAIR"] and ckpt["plan"]["patch_size"] == [16, 16, 16]
+    assert ckpt["training"]["dataset_fingerprint"] == plan["fingerprint"]["hash"]
+    assert ckpt["training"]["augmentation"] is None and ckpt["plan"]["model"]["config"]["base_features"] == 4
+    model = build_model_from_checkpoint(ckpt)
+    assert model(torch.zeros(1, 4, 16, 16, 16)).shape == (1, 4, 16, 16, 16)
+
+
+def test_regions_options_file_and_overrides(phantom, tmp_path):
+    options = tmp_path / "opts.toml"
+    options.write_text('epochs = 1\niterations_per_epoch = 1\nlr = 0.5\nmodel_config = { base_features = 4 }\n'
+                       'val_every = 1\n')
+    run = tmp_path / "run"
+    res = runner.invoke(app, [*ONE_THREAD, "pretrain", str(phantom), "-o", str(run), "--options-file", str(options),
+                              "--patch-size", "16,16,16", "--batch-size", "2", "--workers", "0", "--device", "cpu",
+                              "--val-split", "0.25", "--lr", "0.02", "--regions", "brats", "--spacing", "2,2,2"])
+    assert res.exit_code == 0, res.output
+    config = json.loads((run / "config.json").read_text())["train_config"]
+    assert config["epochs"] == 1 and config["lr"] == 0.02 and config["val_split"] == 0.25
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["model"]["config"]["base_features"] == 4 and plan["target_spacing"] == [2.0, 2.0, 2.0]
+    ckpt = load_checkpoint(run / "best.pt")
+    assert ckpt["plan"]["region_based"] is True and list(ckpt["regions"]) == ["WT", "TC", "ET"]
+    assert list(_rows(run)[0])[3:6] == ["val_dice_WT", "val_dice_TC", "val_dice_ET"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--precision", "fp16", "--device", "cpu"], "--precision fp16 needs a CUDA device"),
+        (["--model", "unet3d", "--config", "2d"], "model 'unet3d' is 3-D only and cannot train --config 2d"),
+        (["--val-cases", "1", "--fold", "0"], "choose one of --val-cases, --val-split and --fold"),
+        (["--patch-size", "16,16,a"], "--patch-size '16,16,a': expected integers"),
+        (["--spacing", "1,1"], "--spacing '1,1': expected three positive numbers"),
+        (["--optimizer", "adamw"], "Invalid value for '--optimizer'"),
+        (["--model", "unett"], "unknown model 'unett' (did you mean 'unet'?)"),
+    ],
+)
+def test_usage_errors(phantom, tmp_path, args, message):
+    run = tmp_path / "run"
+    res = runner.invoke(app, [*ONE_THREAD, "pretrain", str(phantom), "-o", str(run), *args])
+    assert res.exit_code == 2, res.output
+    assert message in " ".join(res.output.split())
+    assert not run.exists()
+
+
+def test_non_empty_run_dir_needs_resume(phantom, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("x")
+    res = runner.invoke(app, [*ONE_THREAD, "pretrain", str(phantom), "-o", str(run), *FAST])
+    assert res.exit_code == 2
+    assert "is not empty" in res.output and "--resume" in res.output
+    res = runner.invoke(app, [*ONE_THREAD, "pretrain", str(phantom), "-o", str(tmp_path / "new"), *FAST, "--resume"])
+    assert res.exit_code == 2 and "nothing to resume" in res.output
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from brainseg_cli.cli.main import main; main()", "--quiet", "--threads", "1",
+            "pretrain", *args]
+
+
+@pytest.mark.slow
+def test_kill_9_mid_epoch_then_resume_matches_uninterrupted(phantom, narrow, tmp_path):
+    args = [str(phantom), *narrow, "--epochs", "3", "--iterations", "12", "--patch-size", "16,16,16", "--batch-size", "2",
+            "--workers", "0", "--device", "cpu", "--val-cases", "1", "--deterministic"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    straight = tmp_path / "straight"
+    subprocess.run(_cli(*args, "-o", str(straight)), check=True, env=env, cwd=REPO, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(*args, "-o", str(killed)), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    while not (killed / "last.pt").exists() and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)  # in epoch 1, right after epoch 0's checkpoint
+    proc.wait()
+    assert load_checkpoint(killed / "last.pt")["training"]["epoch"] < 2
+    res = subprocess.run(_cli(*args, "-o", str(killed), "--resume"), env=env, cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    a = load_checkpoint(straight / "last.pt")
+    b = load_checkpoint(killed / "last.pt")
+    assert a["training"]["epoch"] == b["training"]["epoch"] == 2
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert [r["train_loss"] for r in _rows(straight)] == [r["train_loss"] for r in _rows(killed)]
+    assert not [p for p in killed.iterdir() if p.name.startswith(".tmp-")]  # atomic writes leave no debris
+
+
+@pytest.mark.slow
+def test_nproc_2_processes(phantom, narrow, tmp_path):
+    run = tmp_path / "run"
+    res = runner.invoke(app, [*ONE_THREAD, "pretrain", str(phantom), "-o", str(run), *FAST, *narrow, "--nproc", "2"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((run / "config.json").read_text())["world_size"] == 2
+    assert load_checkpoint(run / "best.pt")["training"]["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_real_brats_cases(shared_data, tmp_path):
+    """Two real BraTS 2018 cases, converted and trained briefly at 4 mm: the loss falls, outputs are valid."""
+    from brainseg_cli.data.convert import ConvertConfig, convert_dataset
+
+    source = shared_data / "brats2018_deepbrainseg"
+    picked = tmp_path / "picked"
+    picked.mkdir()
+    for case in ("Brats18_2013_11_1", "Brats18_CBICA_ABM_1"):
+        (picked / case).mkdir()
+        for file in (source / case).iterdir():
+            (picked / case / file.name).symlink_to(file)  # links, not copies
+    dataset = tmp_path / "brats"
+    convert_dataset(config=ConvertConfig(source="brats", input=picked, output=dataset))
+    run = tmp_path / "run"
+    res = runner.invoke(app, [*ONE_THREAD, "pretrain", str(dataset), "-o", str(run), "--spacing", "4,4,4", "--patch-size",
+                              "32,32,32", "--batch-size", "2", "--epochs", "3", "--iterations", "6", "--workers", "0",
+                              "--device", "cpu", "--val-cases", "1", "--no-aug", "--regions", "brats"])
+    assert res.exit_code == 0, res.output
+    rows = _rows(run)
+    losses = [float(r["train_loss"]) for r in rows]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    dice = [float(r["val_dice_mean"]) for r in rows]
+    assert all(0.0 <= d <= 1.0 for d in dice)
+    ckpt = load_checkpoint(run / "best.pt")
+    assert ckpt["channels"] == ["T1", "T1c", "T2", "FLAIR"] and list(ckpt["regions"]) == ["WT", "TC", "ET"]
+    model = build_model_from_checkpoint(ckpt)
+    with torch.no_grad():
+        out = model(torch.zeros(1, 4, 32, 32, 32))
+    assert out.shape == (1, 3, 32, 32, 32) and torch.isfinite(out).all()

@@ -1,0 +1,64 @@
+"""Optimiser presets and per-iteration schedules."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from brainseg_cli.errors import ConfigError
+from brainseg_cli.training.fit import StepSchedule
+from brainseg_cli.training.optim import build_optimizer, cosine_factor, poly_factor, resolved_optimizer_settings
+
+
+def test_presets():
+    net = nn.Linear(2, 2)
+    sgd = build_optimizer(net.parameters(), name="sgd")
+    group = sgd.param_groups[0]
+    assert isinstance(sgd, torch.optim.SGD)
+    assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (1e-2, 0.99, True, 3e-5)
+    adam = build_optimizer(net.parameters(), name="adam", lr=3e-4)
+    assert isinstance(adam, torch.optim.Adam) and adam.param_groups[0]["lr"] == 3e-4
+    assert resolved_optimizer_settings(name="adam", lr=None, schedule=None, weight_decay=None) == {
+        "optimizer": "adam", "lr": 1e-4, "schedule": "cosine", "weight_decay": 0.0}
+    assert resolved_optimizer_settings(name="sgd", lr=0.1, schedule="cosine", weight_decay=0.0)["schedule"] == "cosine"
+
+
+def test_frozen_parameters_are_left_out():
+    net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    net[0].weight.requires_grad_(False)
+    opt = build_optimizer([{"params": list(net[0].parameters()), "lr": 1e-3}, {"params": list(net[1].parameters())}],
+                          name="sgd", lr=0.1)
+    assert [len(g["params"]) for g in opt.param_groups] == [1, 2]
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 0.1]
+    for p in net.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ConfigError, match="no trainable parameters"):
+        build_optimizer(net.parameters(), name="sgd")
+
+
+def test_schedule_factors():
+    assert poly_factor(0, 100) == 1.0 and poly_factor(100, 100) == 0.0
+    assert poly_factor(50, 100) == pytest.approx(0.5 ** 0.9)
+    assert cosine_factor(50, 100) == pytest.approx(0.5) and cosine_factor(100, 100) == pytest.approx(0.0)
+
+
+def test_step_schedule_is_per_iteration_and_covers_added_groups():
+    net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    opt = build_optimizer(net[0].parameters(), name="sgd", lr=0.1)
+    schedule = StepSchedule(opt, name="poly", total_steps=10)
+    for _ in range(5):
+        schedule.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** 0.9)
+    opt.add_param_group({"params": list(net[1].parameters()), "lr": 0.01})  # e.g. unfrozen by a hook
+    schedule.apply()
+    assert opt.param_groups[1]["lr"] == pytest.approx(0.01 * 0.5 ** 0.9)
+    state = schedule.state_dict()
+    other = StepSchedule(build_optimizer(net[0].parameters(), name="sgd", lr=0.1), name="poly", total_steps=10)
+    other.load_state_dict(state)
+    assert other.optimizer.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr"])
+    with pytest.raises(ConfigError, match=r"saved schedule \(poly, 10 steps\) differs from this run's \(cosine, 10 steps\)"):
+        StepSchedule(opt, name="cosine", total_steps=10).load_state_dict(state)
+    assert not math.isnan(opt.param_groups[0]["lr"])

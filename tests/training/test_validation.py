@@ -1,0 +1,131 @@
+"""Validation scoring and the keep-largest-component decision on constructed cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from brainseg_cli.errors import ConfigError
+from brainseg_cli.training.validation import (
+    case_dice,
+    decide_postprocessing,
+    probabilities_to_logits,
+    validate,
+    validation_entities,
+)
+
+LABELS = {"background": 0, "edema": 1, "core": 2}
+
+
+class Oracle(nn.Module):
+    """Returns confident logits of the labels stored (as numbers) in input channel 0."""
+
+    def __init__(self, num_classes: int = 3, regions=None) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.regions = regions
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        labels = x[:, 0].round().long()
+        if self.regions is None:
+            out = torch.nn.functional.one_hot(labels, self.num_classes).movedim(-1, 1).float()
+        else:
+            out = torch.stack([torch.isin(labels, torch.tensor(r)) for r in self.regions], 1).float()
+        return (out * 2 - 1) * 20 + self.dummy
+
+
+def test_entities():
+    assert validation_entities(labels=LABELS, regions={}, region_based=False) == {"edema": [1], "core": [2]}
+    regions = {"WT": [1, 2], "TC": [2]}
+    assert validation_entities(labels=LABELS, regions=regions, region_based=True) == regions
+    with pytest.raises(ConfigError, match="region-based plan needs regions"):
+        validation_entities(labels=LABELS, regions={}, region_based=True)
+
+
+def test_case_dice_hand_computed():
+    ref = np.zeros((4, 4, 4), np.uint8)
+    ref[0, 0, :2] = 1
+    ref[1, 1, 1] = 2
+    pred = np.zeros_like(ref)
+    pred[0, 0, 0] = 1
+    scores = case_dice(pred, ref, {"edema": [1], "core": [2], "WT": [1, 2], "none": [3]})
+    assert scores == {"edema": pytest.approx(2 / 3), "core": 0.0, "WT": pytest.approx(2 / 4), "none": 1.0}
+
+
+def test_probabilities_to_logits_inverts_the_activation():
+    probs = torch.softmax(torch.randn(3, 5, 5), 0)
+    assert torch.allclose(torch.softmax(probabilities_to_logits(probs, activation="softmax"), 0), probs, atol=1e-5)
+    sig = torch.rand(2, 5)
+    assert torch.allclose(torch.sigmoid(probabilities_to_logits(sig, activation="sigmoid")), sig, atol=1e-4)
+
+
+@pytest.mark.parametrize("two_d", [False, True])
+def test_validate_with_a_perfect_network(two_d):
+    label = np.zeros((12, 10, 8), np.uint8)
+    label[2:6, 2:6, 2:6] = 1
+    label[3:5, 3:5, 3:5] = 2
+    image = np.stack([label.astype(np.float32), np.zeros_like(label, np.float32)])
+    plan = {"patch_size": [8, 8] if two_d else [8, 8, 8], "region_based": False, "regions": {},
+            "slice_axis": 2 if two_d else None}
+    from brainseg_cli.losses import build_loss
+
+    result = validate(Oracle(), [("a", image, label)], plan=plan, entities={"edema": [1], "core": [2]},
+                      loss_fn=build_loss("dice-ce", activation="softmax"),
+                      target_fn=lambda lab: torch.from_numpy(lab.astype(np.int64))[None])
+    assert result.per_case == {"a": {"edema": 1.0, "core": 1.0}} and result.mean == 1.0
+    assert result.loss < 0.01
+    assert np.array_equal(result.predictions["a"], label)
+
+
+def test_validate_region_based():
+    label = np.zeros((8, 8, 8), np.uint8)
+    label[1:5, 1:5, 1:5] = 1
+    label[2:4, 2:4, 2:4] = 2
+    image = label[None].astype(np.float32)
+    regions = {"WT": [1, 2], "TC": [2]}
+    plan = {"patch_size": [8, 8, 8], "region_based": True, "regions": regions, "slice_axis": None}
+    result = validate(Oracle(regions=list(regions.values())), [("a", image, label)], plan=plan, entities=regions)
+    assert result.mean_per_entity == {"WT": 1.0, "TC": 1.0}
+    assert np.isnan(result.loss)
+
+
+def _blob(array, corner, size, value):
+    array[tuple(slice(c, c + size) for c in corner)] = value
+
+
+def test_largest_component_switched_on_only_where_it_helps():
+    # edema: the prediction has a spurious far-away blob -> removing it helps.
+    # core: the reference itself has two components -> keeping only the largest hurts.
+    refs, preds = {}, {}
+    for i in range(2):
+        ref = np.zeros((20, 20, 20), np.uint8)
+        _blob(ref, (2, 2, 2), 5, 1)
+        _blob(ref, (12, 12, 12), 3, 2)
+        _blob(ref, (2, 14, 2), 2, 2)
+        pred = ref.copy()
+        _blob(pred, (15, 2, 15), 2, 1)
+        refs[f"c{i}"], preds[f"c{i}"] = ref, pred
+    decision = decide_postprocessing(preds, refs, labels=LABELS, entities={"edema": [1], "core": [2]})
+    assert decision.postprocessing == {"edema": {"largest_component": True}, "core": {"largest_component": False}}
+    assert decision.dice_after["edema"] == 1.0 and decision.dice_before["edema"] < 1.0
+    assert decision.dice_after["core"] == decision.dice_before["core"] == 1.0
+
+
+def test_largest_component_rejected_when_another_entity_gets_worse():
+    # Region-based scoring: removing the far "core" voxels raises TC more than it lowers WT (so the
+    # mean rises), but WT gets worse, so the rule keeps post-processing off.
+    ref = np.zeros((24, 24, 24), np.uint8)
+    _blob(ref, (2, 2, 2), 10, 1)
+    _blob(ref, (4, 4, 4), 6, 2)
+    _blob(ref, (18, 18, 18), 2, 1)
+    pred = ref.copy()
+    pred[18:20, 18:20, 18:20] = 2
+    entities = {"WT": [1, 2], "TC": [2]}
+    decision = decide_postprocessing({"a": pred}, {"a": ref}, labels=LABELS, entities=entities)
+    trial = decision.trials["core"]
+    assert trial["mean_after"] > trial["mean_before"] and trial["worse"] == ["WT"]
+    assert decision.postprocessing["core"] == {"largest_component": False}
+    assert decision.dice_after == decision.dice_before
