@@ -1,0 +1,542 @@
+"""Transfer learning at the model level: freezing stages, adapting input channels and output heads.
+
+Stage names are those of DESIGN §6 (``encoder.K``, ``bottleneck``, ``decoder.K``, ``head``; see
+:mod:`brainseg_cli.models.base`). Freeze presets:
+
+- ``none``: everything trains;
+- ``encoder``: every encoder stage and the bottleneck are frozen;
+- ``firstK`` (``first1``, ``first2``, ...): encoder stages ``0 .. K-1`` are frozen; K larger than
+  the model's number of encoder stages is a :class:`~brainseg_cli.errors.ConfigError`.
+
+A frozen parameter has ``requires_grad=False`` and is left out of :func:`param_groups`, so the
+optimiser never touches it (no weight decay either). Frozen normalisation layers with running
+statistics (BatchNorm) are kept in eval mode so their statistics do not drift: ``model.train()``
+puts them back in training mode, so call :func:`keep_frozen_norms_in_eval` after every
+``model.train()``.
+
+Input-channel adaptation (:func:`adapt_input_channels`). Channels are matched by canonical name
+(DESIGN §3: aliases such as ``t1ce`` = ``T1c`` and case are ignored; names that are no known
+channel match case-insensitively); ``channel_map`` ``{"TARGET": "SOURCE"}`` overrides the matching. For every input layer (a layer
+whose weight has the input channels on dim 1; UNETR has several) with pretrained weight ``W``
+(``(out, n_src, *kernel)``), the new weight ``W'`` (``(out, n_tgt, *kernel)``) is::
+
+    W'[:, j] = s * W[:, src(j)]            if target channel j matches source channel src(j)
+    W'[:, j] = s * mean_c W[:, c]          otherwise
+    s = n_src / n_tgt
+
+The first layer sums one term per channel; with z-scored, similarly scaled and positively
+correlated MRI channels each term has about the same size, so the sum (hence the activation the
+rest of the network was trained on) grows with the number of channels. Scaling by
+``n_src / n_tgt`` keeps its expected size (``timm``'s ``adapt_input_conv`` uses the same factor),
+which matters where no normalisation follows the first layer (UNETR's patch embedding feeds the
+residual stream, RatLesNet's stem feeds a residual path) and for BatchNorm running statistics.
+With as many target as source channels (e.g. a reordering) ``s = 1`` and matched filters are
+copied unchanged. Biases are kept.
+
+Output-head adaptation (:func:`adapt_output_head`): for the main head and every deep-supervision
+head, the rows (weight and bias) of label names present in both label maps are copied from the
+checkpoint; the other rows keep the target model's fresh initialisation.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from brainseg_cli.data.channels import find_canonical_channel
+from brainseg_cli.errors import CheckpointError, ConfigError, did_you_mean
+from brainseg_cli.models.base import SegmentationModel, stage_of
+
+logger = logging.getLogger(__name__)
+
+#: The freeze presets, ``firstK`` standing for ``first1``, ``first2``, ...
+FREEZE_PRESETS: tuple[str, ...] = ("none", "encoder", "firstK")
+
+
+@dataclass(frozen=True)
+class FreezeSpec:
+    """A parsed freeze preset."""
+
+    kind: str
+    """``"none"``, ``"encoder"`` or ``"first"``."""
+    k: int = 0
+    """For ``"first"``: how many encoder stages (from stage 0) are frozen."""
+
+    def __str__(self) -> str:
+        return f"first{self.k}" if self.kind == "first" else self.kind
+
+
+@dataclass(frozen=True)
+class FreezeReport:
+    """What :func:`apply_freeze` did."""
+
+    spec: FreezeSpec
+    """The preset applied."""
+    frozen_stages: tuple[str, ...]
+    """Stages whose parameters no longer train."""
+    frozen_parameters: int
+    """Parameter scalars frozen."""
+    trainable_parameters: int
+    """Parameter scalars still trainable."""
+    frozen_norm_layers: int
+    """Normalisation layers with running statistics put in eval mode."""
+
+
+@dataclass(frozen=True)
+class ChannelReport:
+    """What :func:`adapt_input_channels` did."""
+
+    mapping: dict[str, str | None]
+    """Target channel -> source channel whose filters it got, or None (mean of the source filters)."""
+    scale: float
+    """Factor applied to every adapted filter (``n_source / n_target``)."""
+    layers: tuple[str, ...]
+    """State-dict keys of the adapted weights."""
+
+
+@dataclass(frozen=True)
+class HeadReport:
+    """What :func:`adapt_output_head` did."""
+
+    kept: dict[str, str]
+    """Target label -> source label whose output rows were copied."""
+    reinitialised: tuple[str, ...]
+    """Target labels whose rows keep the model's fresh initialisation."""
+    layers: tuple[str, ...]
+    """State-dict keys of the adapted output weights and biases."""
+
+
+@dataclass(frozen=True)
+class TransferReport:
+    """What :func:`transfer_weights` did."""
+
+    loaded: int
+    """State-dict entries loaded from the checkpoint (adapted ones included)."""
+    channels: ChannelReport | None
+    """Input-channel adaptation, when asked for."""
+    head: HeadReport | None
+    """Output-head adaptation, when asked for."""
+    ignored: tuple[str, ...]
+    """Checkpoint deep-supervision head entries the model has no place for."""
+    initialised: tuple[str, ...]
+    """Model deep-supervision head entries the checkpoint lacks (kept freshly initialised)."""
+
+
+# ---------------------------------------------------------------------------------------- freezing
+def parse_freeze(preset: str) -> FreezeSpec:
+    """Parse ``"none"``, ``"encoder"`` or ``"firstK"`` (K >= 1), case-insensitively.
+
+    Raises:
+        ConfigError: any other text (names the presets and the closest one).
+    """
+    text = str(preset).strip().lower()
+    if text in ("none", "encoder"):
+        return FreezeSpec(text)
+    found = re.fullmatch(r"first(\d+)", text)
+    if found:
+        k = int(found.group(1))
+        if k < 1:
+            raise ConfigError(f"freeze preset '{preset}': K must be at least 1 (first1, first2, ...)")
+        return FreezeSpec("first", k)
+    raise ConfigError(
+        f"unknown freeze preset '{preset}'{did_you_mean(text, ('none', 'encoder', 'first1', 'first2', 'first3'))}; "
+        "valid: none, encoder, firstK (e.g. first2)"
+    )
+
+
+def frozen_stages(model: SegmentationModel, spec: FreezeSpec) -> tuple[str, ...]:
+    """The stage names ``spec`` freezes in ``model``.
+
+    Raises:
+        ConfigError: ``firstK`` with K above the model's number of encoder stages (names the count).
+    """
+    n = model.num_encoder_stages
+    if spec.kind == "none":
+        return ()
+    if spec.kind == "encoder":
+        return (*(f"encoder.{k}" for k in range(n)), "bottleneck")
+    if spec.k > n:
+        raise ConfigError(
+            f"freeze preset '{spec}' asks for {spec.k} encoder stages but model '{model.name}' has {n} "
+            f"(encoder.0 .. encoder.{n - 1}); use first1 .. first{n} or 'encoder'"
+        )
+    return tuple(f"encoder.{k}" for k in range(spec.k))
+
+
+def _has_running_stats(module: nn.Module) -> bool:
+    return isinstance(getattr(module, "running_mean", None), torch.Tensor)
+
+
+def keep_frozen_norms_in_eval(model: nn.Module, spec: FreezeSpec) -> int:
+    """Put the normalisation layers with running statistics of frozen stages in eval mode.
+
+    Call after every ``model.train()`` (which turns them back to training mode).
+
+    Returns:
+        The number of layers put in eval mode.
+    """
+    stages = set(frozen_stages(_unwrap(model), spec))
+    count = 0
+    for name, module in model.named_modules():
+        if name and _has_running_stats(module) and stage_of(name) in stages:
+            module.eval()
+            count += 1
+    return count
+
+
+def apply_freeze(model: nn.Module, spec: FreezeSpec) -> FreezeReport:
+    """Freeze the stages ``spec`` names: ``requires_grad=False`` and BatchNorm statistics fixed.
+
+    Args:
+        model: a :class:`SegmentationModel` (or one wrapped by DDP / ``torch.compile``).
+        spec: from :func:`parse_freeze`.
+
+    Returns:
+        A :class:`FreezeReport`.
+
+    Raises:
+        ConfigError: see :func:`frozen_stages`.
+    """
+    stages = frozen_stages(_unwrap(model), spec)
+    chosen = set(stages)
+    frozen = trainable = 0
+    for name, param in model.named_parameters():
+        if stage_of(name) in chosen:
+            param.requires_grad_(False)
+        if param.requires_grad:
+            trainable += param.numel()
+        else:
+            frozen += param.numel()
+    norms = keep_frozen_norms_in_eval(model, spec)
+    logger.info("froze %s: %d parameters frozen, %d trainable", ", ".join(stages) or "nothing", frozen, trainable)
+    return FreezeReport(spec, stages, frozen, trainable, norms)
+
+
+def unfreeze(model: nn.Module) -> None:
+    """Make every parameter trainable again and restore every layer's mode to the model's mode."""
+    for param in model.parameters():
+        param.requires_grad_(True)
+    model.train(model.training)
+
+
+def stage_table(model: nn.Module, spec: FreezeSpec) -> list[dict[str, int | str]]:
+    """Per stage, the parameter scalars ``spec`` leaves trainable and freezes.
+
+    Returns:
+        ``[{"stage": name, "trainable": int, "frozen": int}, ...]`` in data-flow order.
+    """
+    base = _unwrap(model)
+    chosen = set(frozen_stages(base, spec))
+    table = {stage: {"stage": stage, "trainable": 0, "frozen": 0} for stage in base.stage_names()}
+    for name, param in base.named_parameters():
+        stage = stage_of(name)
+        table[stage]["frozen" if stage in chosen else "trainable"] += param.numel()
+    return list(table.values())
+
+
+def param_groups(model: nn.Module, *, lr: float, encoder_lr_scale: float = 1.0) -> list[dict]:
+    """Optimiser parameter groups of the trainable parameters only.
+
+    Args:
+        model: the model (frozen parameters are skipped).
+        lr: learning rate of the decoder and heads.
+        encoder_lr_scale: factor on ``lr`` for the encoder stages and the bottleneck (> 0).
+
+    Returns:
+        Up to two groups ``{"name": "encoder" | "decoder", "params": [...], "lr": float}``; empty
+        groups are left out.
+
+    Raises:
+        ConfigError: ``lr`` or ``encoder_lr_scale`` not positive.
+    """
+    if not lr > 0 or not encoder_lr_scale > 0:
+        raise ConfigError(f"learning rate and encoder_lr_scale must be > 0, got lr={lr!r}, scale={encoder_lr_scale!r}")
+    encoder, decoder = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        stage = stage_of(name)
+        (encoder if stage.startswith("encoder.") or stage == "bottleneck" else decoder).append(param)
+    groups = []
+    if encoder:
+        groups.append({"name": "encoder", "params": encoder, "lr": lr * encoder_lr_scale})
+    if decoder:
+        groups.append({"name": "decoder", "params": decoder, "lr": lr})
+    return groups
+
+
+def _unwrap(model: nn.Module) -> SegmentationModel:
+    """The :class:`SegmentationModel` inside DDP (``.module``) or ``torch.compile`` (``._orig_mod``)."""
+    inner = model
+    while not isinstance(inner, SegmentationModel):
+        nxt = getattr(inner, "module", None)
+        if not isinstance(nxt, nn.Module):
+            nxt = getattr(inner, "_orig_mod", None)
+        if not isinstance(nxt, nn.Module):
+            raise ConfigError(f"transfer operations need a brainseg SegmentationModel, got {type(model).__name__}")
+        inner = nxt
+    return inner
+
+
+# ---------------------------------------------------------------------------------------- adaptation
+def _layer_names(model: SegmentationModel, layers: Sequence[nn.Module]) -> list[str]:
+    names = {id(module): name for name, module in model.named_modules()}
+    return [names[id(layer)] for layer in layers]
+
+
+def _channel_key(name: str) -> str:
+    """Matching key of a channel name: its canonical name (aliases allowed), else the lower-cased name."""
+    return find_canonical_channel(str(name)) or str(name).strip().lower()
+
+
+def _index_by_name(names: Sequence[str], what: str) -> dict[str, int]:
+    index: dict[str, int] = {}
+    for i, name in enumerate(names):
+        key = _channel_key(name)
+        if key in index:
+            raise ConfigError(f"{what} list {list(names)} names '{name}' twice")
+        index[key] = i
+    return index
+
+
+def adapt_input_channels(
+    state_dict: Mapping[str, torch.Tensor],
+    model: SegmentationModel,
+    *,
+    source_channels: Sequence[str],
+    target_channels: Sequence[str],
+    channel_map: Mapping[str, str] | None = None,
+) -> tuple[dict[str, torch.Tensor], ChannelReport]:
+    """Adapt the input layers of a checkpoint's state dict to another set of input channels.
+
+    Args:
+        state_dict: the pretrained weights (not modified).
+        model: the target model (its ``in_channels`` is ``len(target_channels)``).
+        source_channels: the checkpoint's channel names, in its input order.
+        target_channels: the new data's channel names, in input order.
+        channel_map: ``{"TARGET": "SOURCE"}`` pairs overriding name matching (case-insensitive).
+
+    Returns:
+        ``(new_state_dict, report)``: a shallow copy with every input layer's weight replaced by
+        ``(out, n_target, *kernel)`` filters built by the rule in the module docstring.
+
+    Raises:
+        ConfigError: duplicate channel names, a ``channel_map`` name that is not a target / source
+            channel, or ``len(target_channels) != model.in_channels``.
+        CheckpointError: an input layer is missing from the checkpoint or its shape does not fit.
+    """
+    if len(target_channels) != model.in_channels:
+        raise ConfigError(
+            f"target channels {list(target_channels)} are {len(target_channels)} but model '{model.name}' "
+            f"has {model.in_channels} input channels"
+        )
+    source_index = _index_by_name(source_channels, "source channel")
+    target_index = _index_by_name(target_channels, "target channel")
+    overrides: dict[int, int] = {}
+    for target, source in (channel_map or {}).items():
+        if _channel_key(target) not in target_index:
+            raise ConfigError(
+                f"channel_map names target channel '{target}'{did_you_mean(str(target), target_channels)}, "
+                f"which is not among the target channels {', '.join(target_channels)}"
+            )
+        if _channel_key(source) not in source_index:
+            raise ConfigError(
+                f"channel_map maps '{target}' to source channel '{source}'{did_you_mean(str(source), source_channels)}, "
+                f"which is not among the checkpoint channels {', '.join(source_channels)}"
+            )
+        overrides[target_index[_channel_key(target)]] = source_index[_channel_key(source)]
+    sources: list[int | None] = []
+    for j, target in enumerate(target_channels):
+        sources.append(overrides.get(j, source_index.get(_channel_key(target))))
+    n_src, n_tgt = len(source_channels), len(target_channels)
+    scale = n_src / n_tgt
+    current = model.state_dict()
+    out = dict(state_dict)
+    keys = []
+    for layer in _layer_names(model, model.input_layers()):
+        key = f"{layer}.weight"
+        if key not in state_dict:
+            raise CheckpointError(f"checkpoint lacks the input layer '{key}' of model '{model.name}'")
+        weight = state_dict[key]
+        expected = tuple(current[key].shape)
+        if weight.dim() != len(expected) or weight.shape[1] != n_src or tuple(weight.shape[2:]) != expected[2:] or weight.shape[0] != expected[0]:
+            raise CheckpointError(
+                f"checkpoint input layer '{key}' has shape {tuple(weight.shape)}; expected "
+                f"({expected[0]}, {n_src} source channels, {', '.join(str(v) for v in expected[2:])})"
+            )
+        mean = weight.mean(dim=1)
+        columns = [weight[:, s] if s is not None else mean for s in sources]
+        out[key] = (torch.stack(columns, dim=1) * scale).to(weight.dtype)
+        keys.append(key)
+    mapping = {str(t): (str(source_channels[s]) if s is not None else None) for t, s in zip(target_channels, sources, strict=True)}
+    logger.info("input channels %s -> %s (scale %.3g)", list(source_channels), mapping, scale)
+    return out, ChannelReport(mapping, scale, tuple(keys))
+
+
+def adapt_output_head(
+    state_dict: Mapping[str, torch.Tensor],
+    model: SegmentationModel,
+    *,
+    source_labels: Mapping[str, int],
+    target_labels: Mapping[str, int],
+) -> tuple[dict[str, torch.Tensor], HeadReport]:
+    """Adapt the output heads of a checkpoint's state dict to another label set.
+
+    Args:
+        state_dict: the pretrained weights (not modified).
+        model: the target model; its current head weights provide the fresh rows.
+        source_labels: checkpoint label name -> output row (e.g. ``{"background": 0, "edema": 1, ...}``;
+            for region outputs, region name -> channel).
+        target_labels: the same for the new task; rows ``0 .. model.num_classes - 1``.
+
+    Returns:
+        ``(new_state_dict, report)``: a shallow copy with each output layer's weight
+        ``(num_classes, in, *1)`` and bias ``(num_classes,)`` rebuilt: rows of label names present in
+        both maps (case-insensitive) come from the checkpoint, the others from ``model``. A
+        deep-supervision head the checkpoint lacks is left out (it keeps its initialisation).
+
+    Raises:
+        ConfigError: a target row outside ``0 .. num_classes - 1`` or duplicate label names.
+        CheckpointError: the main head is missing or a source row is outside the checkpoint's head.
+    """
+    for label, row in target_labels.items():
+        if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row < model.num_classes:
+            raise ConfigError(
+                f"target label '{label}' has output row {row!r} but model '{model.name}' has {model.num_classes} outputs"
+            )
+    source_lower = {str(name).lower(): (str(name), row) for name, row in source_labels.items()}
+    if len(source_lower) != len(source_labels):
+        raise ConfigError(f"source labels {dict(source_labels)} repeat a name (case-insensitively)")
+    kept: dict[str, str] = {}
+    pairs: list[tuple[int, int]] = []
+    reinitialised: list[str] = []
+    for name, row in target_labels.items():
+        match = source_lower.get(str(name).lower())
+        if match is None:
+            reinitialised.append(str(name))
+        else:
+            kept[str(name)] = match[0]
+            pairs.append((row, match[1]))
+    current = model.state_dict()
+    out = dict(state_dict)
+    keys: list[str] = []
+    for i, layer in enumerate(_layer_names(model, model.output_layers())):
+        wkey, bkey = f"{layer}.weight", f"{layer}.bias"
+        if wkey not in state_dict:
+            if i == 0:
+                raise CheckpointError(f"checkpoint lacks the output layer '{wkey}' of model '{model.name}'")
+            continue
+        src_w = state_dict[wkey]
+        new_w = current[wkey].detach().clone().to(device=src_w.device, dtype=src_w.dtype)
+        if tuple(src_w.shape[1:]) != tuple(new_w.shape[1:]):
+            raise CheckpointError(
+                f"checkpoint output layer '{wkey}' has shape {tuple(src_w.shape)}, which does not fit {tuple(new_w.shape)} "
+                "apart from the number of outputs"
+            )
+        for target_row, source_row in pairs:
+            if not 0 <= source_row < src_w.shape[0]:
+                raise CheckpointError(
+                    f"source label row {source_row} is outside the checkpoint's {src_w.shape[0]} outputs ('{wkey}')"
+                )
+            new_w[target_row] = src_w[source_row]
+        out[wkey] = new_w
+        keys.append(wkey)
+        if bkey in current and bkey in state_dict:
+            src_b = state_dict[bkey]
+            new_b = current[bkey].detach().clone().to(device=src_b.device, dtype=src_b.dtype)
+            for target_row, source_row in pairs:
+                new_b[target_row] = src_b[source_row]
+            out[bkey] = new_b
+            keys.append(bkey)
+    logger.info("output labels kept %s, re-initialised %s", kept, reinitialised)
+    return out, HeadReport(kept, tuple(reinitialised), tuple(keys))
+
+
+def transfer_weights(
+    model: SegmentationModel,
+    checkpoint_state_dict: Mapping[str, torch.Tensor],
+    *,
+    source_channels: Sequence[str] | None = None,
+    target_channels: Sequence[str] | None = None,
+    channel_map: Mapping[str, str] | None = None,
+    source_labels: Mapping[str, int] | None = None,
+    target_labels: Mapping[str, int] | None = None,
+) -> TransferReport:
+    """Load pretrained weights into ``model`` by name, adapting input channels and heads on request.
+
+    Input layers are adapted (:func:`adapt_input_channels`) when both channel lists are given,
+    output heads (:func:`adapt_output_head`) when both label maps are given; every other entry is
+    copied by name and must have the model's shape. Deep-supervision heads may differ: checkpoint
+    ones the model lacks are ignored, model ones the checkpoint lacks keep their initialisation.
+
+    Args:
+        model: the target model (modified in place).
+        checkpoint_state_dict: the pretrained state dict (not modified).
+        source_channels, target_channels, channel_map: see :func:`adapt_input_channels`.
+        source_labels, target_labels: see :func:`adapt_output_head`.
+
+    Returns:
+        A :class:`TransferReport`.
+
+    Raises:
+        ConfigError: only one of a pair of arguments given, or invalid names (see above).
+        CheckpointError: a missing or extra entry outside the deep-supervision heads, or a shape
+            mismatch (names the parameter and both shapes).
+    """
+    if (source_channels is None) != (target_channels is None):
+        raise ConfigError("channel adaptation needs both source_channels and target_channels")
+    if channel_map and source_channels is None:
+        raise ConfigError("channel_map needs source_channels and target_channels")
+    if (source_labels is None) != (target_labels is None):
+        raise ConfigError("head adaptation needs both source_labels and target_labels")
+    state = dict(checkpoint_state_dict)
+    channel_report = head_report = None
+    if source_channels is not None and target_channels is not None:
+        state, channel_report = adapt_input_channels(
+            state, model, source_channels=source_channels, target_channels=target_channels, channel_map=channel_map
+        )
+    if source_labels is not None and target_labels is not None:
+        state, head_report = adapt_output_head(state, model, source_labels=source_labels, target_labels=target_labels)
+    current = model.state_dict()
+    input_keys = {f"{n}.weight" for n in _layer_names(model, model.input_layers())}
+    output_keys = {f"{n}.{p}" for n in _layer_names(model, model.output_layers()) for p in ("weight", "bias")}
+    ignored = tuple(k for k in state if k not in current and k.startswith("ds_heads."))
+    extra = [k for k in state if k not in current and not k.startswith("ds_heads.")]
+    if extra:
+        raise CheckpointError(
+            f"checkpoint holds '{extra[0]}' (and {len(extra) - 1} more) that model '{model.name}' lacks: "
+            "a different architecture or configuration"
+        )
+    initialised = tuple(k for k in current if k not in state and k.startswith("ds_heads."))
+    missing = [k for k in current if k not in state and not k.startswith("ds_heads.")]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint lacks '{missing[0]}' (and {len(missing) - 1} more) of model '{model.name}': "
+            "a different architecture or configuration"
+        )
+    final: dict[str, torch.Tensor] = {}
+    for key, value in current.items():
+        if key not in state:
+            final[key] = value
+            continue
+        loaded = state[key]
+        if tuple(loaded.shape) != tuple(value.shape):
+            hint = ""
+            if key in input_keys:
+                hint = " (an input layer: give the checkpoint's and the data's channels to adapt it)"
+            elif key in output_keys:
+                hint = " (an output layer: give the checkpoint's and the data's labels to adapt it)"
+            raise CheckpointError(
+                f"checkpoint parameter '{key}' has shape {tuple(loaded.shape)} but model '{model.name}' needs "
+                f"{tuple(value.shape)}{hint}"
+            )
+        final[key] = loaded
+    model.load_state_dict(final, strict=True)
+    loaded_count = sum(1 for k in current if k in state)
+    logger.info("transferred %d entries (%d ignored, %d initialised)", loaded_count, len(ignored), len(initialised))
+    return TransferReport(loaded_count, channel_report, head_report, ignored, initialised)
