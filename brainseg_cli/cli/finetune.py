@@ -92,12 +92,10 @@ def finetune(
             raise common.usage_error(
                 f"{flag} {value}: fine-tuning keeps the architecture of the checkpoint ({flag.lstrip('-')} and "
                 "network depth come from --from CKPT); use `brainseg pretrain` to train another architecture")
-    from brainseg_cli.training.config import read_options_file, resolve_options
     from brainseg_cli.training.finetune import FinetuneConfig, parse_channel_map
     from brainseg_cli.training.finetune import finetune as finetune_fn
 
     common.apply_threads()
-    file_options = common.run(read_options_file, path=options_file) if options_file is not None else None
     cli_options: dict[str, Any] = {
         **opts.train_cli_options(
             epochs=epochs, iterations=iterations, val_every=val_every, max_time=max_time, patience=patience, lr=lr,
@@ -107,19 +105,13 @@ def finetune(
         **opts.plan_cli_options(batch_size=batch_size, patch_size=patch_size, spacing=spacing, memory_gb=memory_gb,
                                 regions=regions),
     }
-    train_config, plan_overrides = common.run(resolve_options, file_options=file_options, cli_options=cli_options)
+    train_config, plan_overrides = opts.resolve_cli_options(options_file=options_file, cli_options=cli_options)
     pairs = common.run(parse_channel_map, text=channel_map) if channel_map is not None else ()
     finetune_config = common.run(FinetuneConfig, checkpoint=checkpoint, freeze=freeze, unfreeze_after=unfreeze_after,
                                  encoder_lr_scale=encoder_lr_scale, channel_map=pairs, train_cases=train_cases,
                                  select=select.value)
-    with common.make_progress() as bar:
-        task = bar.add_task("Preparing", total=None)
-
-        def progress(description: str, done: int, total: int) -> None:
-            bar.update(task, description=description, completed=done, total=total)
-
-        result = common.run(finetune_fn, dataset_dir=dataset, run_dir=output, finetune_config=finetune_config,
-                            train_config=train_config, plan_overrides=plan_overrides, progress=progress)
+    result = opts.run_training(finetune_fn, dataset_dir=dataset, run_dir=output, finetune_config=finetune_config,
+                               train_config=train_config, plan_overrides=plan_overrides)
     opts.print_train_summary(result)
 
 

@@ -3,59 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 from brainseg_cli.cli import common
-
-
-class Config(str, Enum):
-    """Network configuration."""
-
-    d2 = "2d"
-    d3 = "3d"
-
-
-class Regions(str, Enum):
-    """Region-based (sigmoid) training targets."""
-
-    brats = "brats"
-    dataset = "dataset"
-
-
-class Optimizer(str, Enum):
-    """Optimiser presets."""
-
-    sgd = "sgd"
-    adam = "adam"
-
-
-class Schedule(str, Enum):
-    """Learning-rate schedules."""
-
-    poly = "poly"
-    cosine = "cosine"
-
-
-class Loss(str, Enum):
-    """Training losses."""
-
-    dice_ce = "dice-ce"
-    dice = "dice"
-
-
-class Precision(str, Enum):
-    """Numeric precision of the forward pass."""
-
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
+from brainseg_cli.cli import training_options as opts
 
 HELP = (
     "Train a segmentation network from scratch on DATASET (the dataset layout written by `brainseg convert`, "
@@ -71,146 +25,60 @@ HELP = (
 )
 
 
-def _ints(value: str, option: str, counts: tuple[int, ...]) -> list[int]:
-    parts = [p for p in re.split(r"[,x\s]+", value.strip()) if p]
-    try:
-        numbers = [int(p) for p in parts]
-    except ValueError:
-        raise common.usage_error(f"{option} '{value}': expected integers such as 128,128,128") from None
-    if len(numbers) not in counts or not all(n > 0 for n in numbers):
-        raise common.usage_error(f"{option} '{value}': expected {' or '.join(map(str, counts))} positive integers")
-    return numbers
-
-
-def _floats(value: str, option: str) -> list[float]:
-    parts = [p for p in re.split(r"[,x\s]+", value.strip()) if p]
-    try:
-        numbers = [float(p) for p in parts]
-    except ValueError:
-        raise common.usage_error(f"{option} '{value}': expected three numbers in mm, e.g. 1,1,1") from None
-    if len(numbers) != 3 or not all(n > 0 for n in numbers):
-        raise common.usage_error(f"{option} '{value}': expected three positive numbers in mm, e.g. 1,1,1")
-    return numbers
-
-
 def pretrain(
     dataset: Annotated[Path, typer.Argument(exists=True, file_okay=False, dir_okay=True, metavar="DATASET",
                                             help="The dataset folder (read only).")],
     output: Annotated[Path, typer.Option("--output", "-o", file_okay=False, metavar="RUN_DIR",
                                          help="The run folder to create (or to continue with --resume).")],
-    config: Annotated[Optional[Config], typer.Option("--config", help="2-D or 3-D network (default: planned).")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="Network architecture (default: unet).")] = None,
-    regions: Annotated[Optional[Regions], typer.Option(
-        "--regions", help="Region-based training with sigmoid outputs: brats (WT/TC/ET) or the dataset's regions.")] = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs to train [default: 100].")] = None,
-    iterations: Annotated[Optional[int], typer.Option("--iterations", min=1,
-                                                      help="Optimiser steps per epoch [default: 50].")] = None,
-    val_every: Annotated[Optional[int], typer.Option("--val-every", min=1,
-                                                     help="Validate every N epochs [default: 1].")] = None,
-    max_time: Annotated[Optional[float], typer.Option("--max-time", metavar="MIN",
-                                                      help="Wall-clock budget in minutes.")] = None,
-    patience: Annotated[Optional[int], typer.Option("--patience", min=1,
-                                                    help="Stop after N epochs without a better validation Dice.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Batch size (default: planned).")] = None,
-    patch_size: Annotated[Optional[str], typer.Option("--patch-size", metavar="X,Y[,Z]",
-                                                      help="Patch size in voxels (default: planned).")] = None,
-    spacing: Annotated[Optional[str], typer.Option("--spacing", metavar="X,Y,Z",
-                                                   help="Target spacing in mm (default: planned).")] = None,
-    memory_gb: Annotated[Optional[float], typer.Option("--memory-gb", help="Memory budget of the plan in GB.")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Initial learning rate (default: the optimiser's).")] = None,
-    optimizer: Annotated[Optional[Optimizer], typer.Option(
-        "--optimizer", help="sgd (lr 1e-2, momentum 0.99, Nesterov, poly) or adam (lr 1e-4, cosine) [default: sgd].")] = None,
-    schedule: Annotated[Optional[Schedule], typer.Option("--schedule", help="Learning-rate schedule.")] = None,
-    grad_clip: Annotated[Optional[float], typer.Option("--grad-clip", min=0.0,
-                                                       help="Gradient-norm clipping, 0 = off [default: 12].")] = None,
-    loss: Annotated[Optional[Loss], typer.Option("--loss", help="Training loss [default: dice-ce].")] = None,
-    aug: Annotated[Optional[bool], typer.Option("--aug/--no-aug", help="Data augmentation [default: on].")] = None,
-    val_cases: Annotated[Optional[int], typer.Option("--val-cases", min=1, help="Hold out N validation cases.")] = None,
-    val_split: Annotated[Optional[float], typer.Option("--val-split", metavar="FRAC",
-                                                       help="Hold out this fraction [default: 0.2].")] = None,
-    fold: Annotated[Optional[int], typer.Option("--fold", min=0, metavar="K", help="Validate on fold K of --folds.")] = None,
-    folds: Annotated[Optional[int], typer.Option("--folds", min=2, metavar="N",
-                                                 help="Number of folds [default: 5].")] = None,
-    precision: Annotated[Optional[Precision], typer.Option(
-        "--precision", help="fp16 needs CUDA; auto = bf16 on CUDA, fp32 on CPUs [default: auto].")] = None,
-    compile_model: Annotated[Optional[bool], typer.Option("--compile", help="Compile the network (torch.compile).")] = None,
-    resume: Annotated[Optional[bool], typer.Option("--resume", help="Continue RUN_DIR from last.pt.")] = None,
-    deterministic: Annotated[Optional[bool], typer.Option(
-        "--deterministic", help="Deterministic algorithms: a rerun or resume gives identical weights.")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", min=0, help="Random seed [default: 0].")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N [default: auto].")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", min=0,
-                                                   help="Data-loading processes (0: in the main process).")] = None,
-    nproc: Annotated[Optional[int], typer.Option("--nproc", min=1, help="Data-parallel processes on this machine.")] = None,
-    options_file: Annotated[Optional[Path], typer.Option("--options-file", exists=True, dir_okay=False,
-                                                         help="JSON or TOML file of options.")] = None,
+    config: opts.ConfigOption = None,
+    model: opts.Model = None,
+    regions: opts.RegionsOption = None,
+    epochs: opts.Epochs = None,
+    iterations: opts.Iterations = None,
+    val_every: opts.ValEvery = None,
+    max_time: opts.MaxTime = None,
+    patience: opts.Patience = None,
+    batch_size: opts.BatchSize = None,
+    patch_size: opts.PatchSize = None,
+    spacing: opts.Spacing = None,
+    memory_gb: opts.MemoryGb = None,
+    lr: opts.LearningRate = None,
+    optimizer: opts.OptimizerOption = None,
+    schedule: opts.ScheduleOption = None,
+    grad_clip: opts.GradClip = None,
+    loss: opts.LossOption = None,
+    aug: opts.Augment = None,
+    val_cases: opts.ValCases = None,
+    val_split: opts.ValSplit = None,
+    fold: opts.Fold = None,
+    folds: opts.Folds = None,
+    precision: opts.PrecisionOption = None,
+    compile_model: opts.Compile = None,
+    resume: opts.Resume = None,
+    deterministic: opts.Deterministic = None,
+    seed: opts.Seed = None,
+    device: opts.Device = None,
+    workers: opts.Workers = None,
+    nproc: opts.Nproc = None,
+    options_file: opts.OptionsFile = None,
 ) -> None:
-    from brainseg_cli.training.config import read_options_file, resolve_options
     from brainseg_cli.training.pretrain import pretrain as pretrain_fn
 
     common.apply_threads()
-    file_options = common.run(read_options_file, path=options_file) if options_file is not None else None
     cli_options: dict[str, Any] = {
-        "config": config.value if config else None,
-        "model": model,
-        "regions": regions.value if regions else None,
-        "epochs": epochs,
-        "iterations_per_epoch": iterations,
-        "val_every": val_every,
-        "max_time_min": max_time,
-        "patience": patience,
-        "batch_size": batch_size,
-        "patch_size": _ints(patch_size, "--patch-size", (2, 3)) if patch_size else None,
-        "target_spacing": _floats(spacing, "--spacing") if spacing else None,
-        "memory_gb": memory_gb,
-        "lr": lr,
-        "optimizer": optimizer.value if optimizer else None,
-        "schedule": schedule.value if schedule else None,
-        "grad_clip": grad_clip,
-        "loss": loss.value if loss else None,
-        "augment": aug,
-        "val_cases": val_cases,
-        "val_split": val_split,
-        "fold": fold,
-        "folds": folds,
-        "precision": precision.value if precision else None,
-        "compile": compile_model,
-        "resume": resume,
-        "deterministic": deterministic,
-        "seed": seed,
-        "device": device,
-        "workers": workers,
-        "nproc": nproc,
+        **opts.train_cli_options(
+            epochs=epochs, iterations=iterations, val_every=val_every, max_time=max_time, patience=patience, lr=lr,
+            optimizer=optimizer, schedule=schedule, grad_clip=grad_clip, loss=loss, aug=aug, val_cases=val_cases,
+            val_split=val_split, fold=fold, folds=folds, precision=precision, compile_model=compile_model,
+            resume=resume, deterministic=deterministic, seed=seed, device=device, workers=workers, nproc=nproc),
+        **opts.plan_cli_options(batch_size=batch_size, patch_size=patch_size, spacing=spacing, memory_gb=memory_gb,
+                                regions=regions, config=config, model=model),
     }
-    train_config, plan_overrides = common.run(resolve_options, file_options=file_options, cli_options=cli_options)
-    with common.make_progress() as bar:
-        task = bar.add_task("Preparing", total=None)
-
-        def progress(description: str, done: int, total: int) -> None:
-            bar.update(task, description=description, completed=done, total=total)
-
-        result = common.run(pretrain_fn, dataset_dir=dataset, run_dir=output, train_config=train_config,
-                            plan_overrides=plan_overrides, progress=progress)
+    train_config, plan_overrides = opts.resolve_cli_options(options_file=options_file, cli_options=cli_options)
+    result = opts.run_training(pretrain_fn, dataset_dir=dataset, run_dir=output, train_config=train_config,
+                               plan_overrides=plan_overrides)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary (rank 0's)
-        _print_summary(result)
-
-
-def _print_summary(result) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"{result.run_dir}", show_header=True, title_justify="left")
-    table.add_column("item")
-    table.add_column("value", overflow="fold")
-    reasons = {"epochs": "all epochs done", "patience": "early stop (no improvement)", "max_time": "time budget"}
-    table.add_row("epochs", f"{result.epochs_completed} ({reasons.get(result.stop_reason, result.stop_reason)}), "
-                            f"{result.seconds / 60:.1f} min")
-    table.add_row("best epoch", f"{result.best_epoch}: mean validation Dice {result.best_val_dice:.4f}")
-    for name, value in result.val_dice.items():
-        table.add_row(f"  Dice {name}", f"{value:.4f}")
-    on = [name for name, d in result.postprocessing.items() if d.get("largest_component")]
-    table.add_row("post-processing", "largest component for " + ", ".join(on) if on else "none")
-    common.stdout_console.print(table)
-    common.echo(str(result.best_checkpoint))
+        opts.print_train_summary(result)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,15 +1,18 @@
-"""Command-line options shared by the training commands (``finetune``; ``pretrain`` can switch to them).
+"""Command-line options and steps shared by the training commands (``pretrain`` and ``finetune``).
 
 Each option is an ``Annotated`` type alias, so a command declares it as a parameter
 (``epochs: opts.Epochs = None``) and gets the same flag, help text and checks everywhere.
 Every alias defaults to ``None`` = "not given", so an options file (``--options-file``) can supply
-the value; :func:`train_cli_options` turns the parsed values into the option-name -> value mapping
-that :func:`brainseg_cli.training.config.resolve_options` merges over the file.
+the value; :func:`train_cli_options` and :func:`plan_cli_options` turn the parsed values into the
+option-name -> value mapping that :func:`resolve_cli_options` merges over the file. Help texts
+write a literal ``[default: ...]`` as ``\\[default: ...]``: Rich would otherwise read it as markup
+and drop it from ``--help``.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -47,6 +50,13 @@ class Precision(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"
+
+
+class Config(str, Enum):
+    """Network configuration."""
+
+    d2 = "2d"
+    d3 = "3d"
 
 
 class Regions(str, Enum):
@@ -89,6 +99,10 @@ Workers = Annotated[Optional[int], typer.Option("--workers", min=0,
 Nproc = Annotated[Optional[int], typer.Option("--nproc", min=1, help="Data-parallel processes on this machine.")]
 OptionsFile = Annotated[Optional[Path], typer.Option("--options-file", exists=True, dir_okay=False,
                                                      help="JSON or TOML file of options.")]
+
+# ----------------------------------------------------------------------------- plan options: architecture
+ConfigOption = Annotated[Optional[Config], typer.Option("--config", help="2-D or 3-D network (default: planned).")]
+Model = Annotated[Optional[str], typer.Option("--model", help="Network architecture (default: unet).")]
 
 # ----------------------------------------------------------------------------- plan options (not architecture)
 BatchSize = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Batch size (default: planned).")]
@@ -173,15 +187,47 @@ def plan_cli_options(
     spacing: str | None = None,
     memory_gb: float | None = None,
     regions: Regions | None = None,
+    config: Config | None = None,
+    model: str | None = None,
 ) -> dict[str, Any]:
     """Parsed plan flags -> ``{PlanOverrides field: value}`` (None = not given); usage errors exit 2."""
     return {
+        "config": _value(config),
+        "model": model,
         "batch_size": batch_size,
         "patch_size": parse_ints(patch_size, "--patch-size", (2, 3)) if patch_size else None,
         "target_spacing": parse_spacing(spacing, "--spacing") if spacing else None,
         "memory_gb": memory_gb,
         "regions": _value(regions),
     }
+
+
+def resolve_cli_options(*, options_file: Path | None, cli_options: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Read ``--options-file`` (when given) and merge the flags over it.
+
+    Returns:
+        ``(TrainConfig, plan overrides)`` from :func:`brainseg_cli.training.config.resolve_options`;
+        an unreadable file or an invalid value ends the command (exit 1 or 2, one line on stderr).
+    """
+    from brainseg_cli.training.config import read_options_file, resolve_options
+
+    file_options = common.run(read_options_file, path=options_file) if options_file is not None else None
+    return common.run(resolve_options, file_options=file_options, cli_options=cli_options)
+
+
+def run_training(fn: Callable[..., Any], /, **kwargs: Any) -> Any:
+    """Call a training entry point (``pretrain`` / ``finetune``) under a progress bar on stderr.
+
+    ``fn`` is called through :func:`common.run` with ``kwargs`` plus a ``progress(description, done,
+    total)`` callback that drives the bar; its result is returned.
+    """
+    with common.make_progress() as bar:
+        task = bar.add_task("Preparing", total=None)
+
+        def progress(description: str, done: int, total: int) -> None:
+            bar.update(task, description=description, completed=done, total=total)
+
+        return common.run(fn, progress=progress, **kwargs)
 
 
 def print_train_summary(result: Any) -> None:
