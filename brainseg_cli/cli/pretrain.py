@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -77,8 +76,7 @@ def pretrain(
     train_config, plan_overrides = opts.resolve_cli_options(options_file=options_file, cli_options=cli_options)
     result = opts.run_training(pretrain_fn, dataset_dir=dataset, run_dir=output, train_config=train_config,
                                plan_overrides=plan_overrides)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary (rank 0's)
-        opts.print_train_summary(result)
+    opts.print_train_summary(result)
 
 
 def register(app: typer.Typer) -> None:

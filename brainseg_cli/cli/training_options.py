@@ -231,7 +231,14 @@ def run_training(fn: Callable[..., Any], /, **kwargs: Any) -> Any:
 
 
 def print_train_summary(result: Any) -> None:
-    """The results table of a finished training run (a :class:`~brainseg_cli.training.fit.TrainResult`)."""
+    """The results table of a finished training run (a :class:`~brainseg_cli.training.fit.TrainResult`).
+
+    Under torchrun every rank returns; only rank 0 prints.
+    """
+    import os
+
+    if os.environ.get("RANK", "0") != "0":
+        return
     from rich.table import Table
 
     table = Table(title=f"{result.run_dir}", show_header=True, title_justify="left")

@@ -48,7 +48,7 @@ PLAN_OVERRIDE_KEYS: tuple[str, ...] = _plan_override_keys()
 #: TrainConfig fields that may differ between a run and its ``--resume`` (they do not change what
 #: is computed, only how long and where).
 RESUME_MAY_CHANGE: frozenset[str] = frozenset(
-    {"epochs", "max_time_min", "patience", "resume", "device", "workers", "nproc", "compile"}
+    {"max_time_min", "patience", "resume", "device", "workers", "nproc", "compile"}
 )
 
 

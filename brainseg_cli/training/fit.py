@@ -789,14 +789,14 @@ def _restore(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, 
             raise CheckpointError(f"checkpoint {path} lacks '{key}' and cannot be resumed from")
     training = ckpt["training"]
     saved_config = training.get("config", {})
-    diffs = config_differences(saved_config, config)
-    if diffs:
-        raise ConfigError(f"--resume with options that differ from the run in {path.parent}: {'; '.join(diffs)}")
     if saved_config.get("epochs") != config.epochs:
         raise ConfigError(
             f"--resume: the run was started with --epochs {saved_config.get('epochs')}, not {config.epochs} "
             "(the learning-rate schedule depends on it)"
         )
+    diffs = config_differences(saved_config, config)
+    if diffs:
+        raise ConfigError(f"--resume with options that differ from the run in {path.parent}: {'; '.join(diffs)}")
     start = int(training["epoch"]) + 1
     for epoch in range(start):
         for hook in hooks:
