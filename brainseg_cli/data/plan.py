@@ -256,6 +256,27 @@ def _axial_axis(orientation: str) -> int:
 # the planner
 
 
+def source_labels(extra: Mapping[str, Any]) -> dict[str, int]:
+    """``{canonical value: source value}`` undoing the mapping ``convert`` applied (``predict --labels source``).
+
+    Args:
+        extra: the ``"brainseg"`` block of ``dataset.json``, whose ``label_mapping`` is
+            ``{source value: canonical value}`` (e.g. BraTS 2018 ``{"1": 2, "2": 1, "4": 3}``).
+
+    Returns:
+        The inverse map with string keys (JSON); where several source values were merged into one
+        canonical label (BraTS 2015: necrosis 1 and non-enhancing 3 -> 2) the smallest source value is
+        used. Empty when the dataset records no mapping.
+    """
+    mapping = extra.get("label_mapping") if isinstance(extra, Mapping) else None
+    if not isinstance(mapping, Mapping):
+        return {}
+    inverse: dict[str, int] = {}
+    for source, canonical in sorted(((int(k), int(v)) for k, v in mapping.items()), reverse=True):
+        inverse[str(canonical)] = source
+    return dict(sorted(inverse.items(), key=lambda kv: int(kv[0])))
+
+
 def make_plan(
     *,
     fingerprint: Mapping[str, Any],
@@ -559,6 +580,7 @@ def make_plan(
         "num_classes": len(labels),
         "regions": regions,
         "region_based": region_based,
+        "source_labels": source_labels(info.extra),
         "orientation": orientation,
         "target_spacing": _round(target, 5),
         "slice_axis": slice_axis,

@@ -210,3 +210,13 @@ def test_override_fields_name_every_override():
     names = override_fields()
     assert "patch_size" in names and "memory_gb" in names and "drop_edge_slices" in names
     PlanOverrides(**{name: None for name in names})
+
+
+def test_source_labels_invert_the_convert_mapping():
+    from brainseg_cli.data.plan import source_labels
+
+    # BraTS 2017-2021: 1 NCR -> 2, 2 ED -> 1, 4 ET -> 3
+    assert source_labels({"label_mapping": {"0": 0, "1": 2, "2": 1, "4": 3}}) == {"0": 0, "1": 2, "2": 1, "3": 4}
+    # BraTS 2015 merges necrosis (1) and non-enhancing (3) into 2: the smaller source value is written back
+    assert source_labels({"label_mapping": {"1": 2, "2": 1, "3": 2, "4": 3}}) == {"1": 2, "2": 1, "3": 4}
+    assert source_labels({}) == {}
