@@ -1,0 +1,157 @@
+"""Post-processing of predictions: probabilities to labels, largest connected component.
+
+Connectivity is *full* (face, edge and vertex neighbours: 26-connectivity in 3-D, 8 in 2-D;
+``scipy.ndimage.generate_binary_structure(ndim, ndim)``), the same as the lesion-wise metrics and
+nnU-Net's ``remove_all_but_largest_component``: two voxels touching only at a corner belong to the
+same component, so post-processing never splits what the lesion-wise evaluation counts as one lesion.
+
+Region-based (sigmoid) outputs follow nnU-Net's rule: regions are ordered from the largest to the
+smallest (e.g. WT, TC, ET); each channel is thresholded at ``> 0.5`` and later regions overwrite
+earlier ones. The label a region writes is the one label it contains that no later region contains
+(WT [1,2,3], TC [2,3], ET [3] -> 1, 2, 3).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from brainseg_cli.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+#: Threshold applied to each region's sigmoid probability (strictly greater than).
+REGION_THRESHOLD = 0.5
+
+
+def keep_largest_component(mask: np.ndarray) -> np.ndarray:
+    """Keep only the largest connected component of a binary mask (full connectivity).
+
+    Args:
+        mask: boolean (or 0/1) array of any dimensionality, e.g. ``(X, Y, Z)``.
+
+    Returns:
+        Boolean array of the same shape: True only in the largest component (ties: the component
+        met first in C order). An empty mask comes back empty.
+    """
+    mask = np.asarray(mask).astype(bool, copy=False)
+    if mask.ndim == 0 or not mask.any():
+        return mask.copy()
+    structure = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
+    components, count = ndimage.label(mask, structure=structure)
+    if count == 1:
+        return mask.copy()
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    return components == int(np.argmax(sizes))
+
+
+def label_value_dtype(max_label: int) -> np.dtype:
+    """The smallest unsigned integer dtype holding labels up to ``max_label``."""
+    if max_label < 256:
+        return np.dtype(np.uint8)
+    if max_label < 65536:
+        return np.dtype(np.uint16)
+    return np.dtype(np.int32)
+
+
+def apply_largest_component(
+    labels: np.ndarray, *, labels_to_process: Iterable[int | Sequence[int]]
+) -> np.ndarray:
+    """Remove all but the largest component of the given labels (removed voxels become 0).
+
+    Args:
+        labels: integer label map, e.g. ``(X, Y, Z)``; not modified.
+        labels_to_process: entries processed in order; an int is one label, a sequence of ints is
+            a group treated as one foreground (a region, e.g. ``[1, 2, 3]`` = whole tumour): voxels
+            of the group outside its largest component are set to 0.
+
+    Returns:
+        A new label map of the same shape and dtype.
+    """
+    labels = np.asarray(labels)
+    out = labels.copy()
+    for entry in labels_to_process:
+        group = [int(entry)] if np.isscalar(entry) else [int(v) for v in entry]
+        if 0 in group:
+            raise ConfigError(f"largest-component post-processing cannot apply to background (label 0): {group}")
+        mask = np.isin(out, group)
+        if not mask.any():
+            continue
+        keep = keep_largest_component(mask)
+        removed = mask & ~keep
+        n = int(removed.sum())
+        if n:
+            logger.debug("largest component of %s: removed %d voxels", group, n)
+            out[removed] = 0
+    return out
+
+
+def region_label_values(regions: Sequence[Sequence[int]]) -> list[int]:
+    """The label each region writes: the one label in region i that no later region contains.
+
+    Args:
+        regions: ordered regions as lists of label ints, e.g. ``[[1, 2, 3], [2, 3], [3]]``.
+
+    Returns:
+        One label per region, e.g. ``[1, 2, 3]``.
+
+    Raises:
+        ConfigError: a region has zero or several labels that are in no later region (the order
+            cannot be turned into a label map).
+    """
+    values: list[int] = []
+    for i, region in enumerate(regions):
+        later: set[int] = set()
+        for other in regions[i + 1:]:
+            later.update(int(v) for v in other)
+        own = sorted({int(v) for v in region} - later)
+        if len(own) != 1:
+            raise ConfigError(
+                f"region {i} {list(region)} has labels {own} in no later region; regions must be ordered "
+                "so that each adds exactly one label (e.g. WT [1,2,3], TC [2,3], ET [3])"
+            )
+        values.append(own[0])
+    return values
+
+
+def probabilities_to_labels(probs, *, regions: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+    """Turn probabilities into a label map.
+
+    Args:
+        probs: ``(K, *spatial)`` array or tensor. Without ``regions``: softmax probabilities of
+            classes 0..K-1 (argmax; ties go to the lower class). With ``regions``: one sigmoid
+            probability per region, in ``regions`` order.
+        regions: ordered regions (label lists) for region-based outputs, or None.
+
+    Returns:
+        ``(*spatial)`` label map (uint8 when the labels fit).
+
+    Raises:
+        ConfigError: the channel count does not match the regions, or the regions cannot be ordered.
+    """
+    if hasattr(probs, "detach"):
+        probs = probs.detach().cpu().numpy()
+    probs = np.asarray(probs)
+    if probs.ndim < 2:
+        raise ConfigError(f"probabilities must be (K, *spatial), got shape {probs.shape}")
+    if regions is None:
+        # argmax over the class axis, one vectorised pass per class (faster than np.argmax(axis=0)
+        # on a channels-first array); strict ">" keeps ties at the lower class, as argmax does.
+        out = np.zeros(probs.shape[1:], dtype=label_value_dtype(probs.shape[0] - 1))
+        best = probs[0].copy()
+        for k in range(1, probs.shape[0]):
+            better = probs[k] > best
+            out[better] = k
+            np.maximum(best, probs[k], out=best)
+        return out
+    values = region_label_values(regions)
+    if len(values) != probs.shape[0]:
+        raise ConfigError(f"{probs.shape[0]} probability channels but {len(values)} regions {list(map(list, regions))}")
+    out = np.zeros(probs.shape[1:], dtype=label_value_dtype(max(values, default=0)))
+    for value, channel in zip(values, probs):
+        out[channel > REGION_THRESHOLD] = value
+    return out

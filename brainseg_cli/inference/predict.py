@@ -1,0 +1,344 @@
+"""``brainseg predict``: predict every case of an input folder (or file) into an output folder.
+
+Outputs, per case, in the input's format and geometry (same shape, spacing, origin, direction):
+
+* ``<OUT>/<case><ending>``: the label map (NIfTI in, NIfTI out; ``.mha`` in, ``.mha`` out; ...);
+  Kaggle-LGG input: ``<OUT>/<patient>/<patient>_<n>_mask.tif`` (0/255; any foreground label is 255);
+* ``<OUT>/<case>_probabilities.npz`` with ``--save-probabilities``: ``probabilities`` float16
+  ``(K, X, Y, Z)`` (classes by value, or the regions in order), ``names``, ``spacing``, ``origin``,
+  ``direction`` (brainseg axis order, LPS);
+* ``<OUT>/predictions.csv``: ``case`` and the predicted volume (mL) of each foreground label
+  (``<label>_ml``), rewritten after every case;
+* ``<OUT>/predict_config.json``: the resolved configuration and the checkpoints used.
+
+A case whose outputs all exist is skipped unless ``overwrite`` (so an interrupted run continues);
+every file is written atomically; the input is never written to.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainseg_cli import __version__
+from brainseg_cli.errors import ConfigError, InputError
+from brainseg_cli.io import atomic_write
+
+logger = logging.getLogger(__name__)
+
+#: ``labels`` choices: the checkpoint's label values, or the source dataset's convention.
+LABEL_MODES: tuple[str, ...] = ("model", "source")
+#: Name of the per-case volume table.
+PREDICTIONS_CSV = "predictions.csv"
+#: Name of the saved configuration.
+CONFIG_JSON = "predict_config.json"
+#: Suffix of the probability files (``<case>_probabilities.npz``).
+PROBABILITIES_SUFFIX = "_probabilities.npz"
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Options of ``brainseg predict``."""
+
+    models: tuple[Path, ...]
+    """Checkpoint files; several (e.g. the five folds) form an ensemble whose probabilities are averaged."""
+    input: Path
+    """An input folder (dataset layout, BraTS case folders, Kaggle-LGG, 4-D NIfTI files) or one file."""
+    output: Path
+    """Output folder (created); must not be the input or inside it."""
+    tta: bool = False
+    """Average the probabilities over mirrored inputs (all 2**D flips)."""
+    lcc: str = "auto"
+    """Keep-largest-component: ``auto`` (the checkpoint's decision), ``on`` (whole foreground), ``off``."""
+    overlap: float = 0.5
+    """Sliding-window overlap, in [0, 1)."""
+    batch_size: int = 2
+    """Windows per network call."""
+    precision: str = "fp32"
+    """``fp32``, ``bf16`` or ``fp16`` (autocast for the network)."""
+    save_probabilities: bool = False
+    """Also write ``<case>_probabilities.npz`` (float16 per-class probabilities)."""
+    device: str = "auto"
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    overwrite: bool = False
+    """Predict cases whose outputs already exist (otherwise they are skipped)."""
+    labels: str = "model"
+    """Label values written: ``model`` (the checkpoint's) or ``source`` (the source dataset's, e.g. BraTS 1/2/4)."""
+    channel_order: tuple[str, ...] | None = None
+    """Channel names of position-only inputs (``_cccc`` files, 4-D files), overriding dataset.json."""
+    skip_invalid: bool = False
+    """Continue after a case that cannot be read or predicted, and list the failures at the end."""
+
+    def validate(self) -> None:
+        """Check the option values (not the files).
+
+        Raises:
+            ConfigError: an invalid value or combination (one line).
+        """
+        from brainseg_cli.inference.predictor import LCC_MODES
+        from brainseg_cli.inference.sliding_window import PRECISIONS
+
+        if not self.models:
+            raise ConfigError("give at least one --model checkpoint")
+        if self.lcc not in LCC_MODES:
+            raise ConfigError(f"invalid --lcc '{self.lcc}'; valid: {', '.join(LCC_MODES)}")
+        if self.labels not in LABEL_MODES:
+            raise ConfigError(f"invalid --labels '{self.labels}'; valid: {', '.join(LABEL_MODES)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"invalid --precision '{self.precision}'; valid: {', '.join(PRECISIONS)}")
+        if not (isinstance(self.overlap, (int, float)) and 0.0 <= self.overlap < 1.0):
+            raise ConfigError(f"--overlap must be in [0, 1), got {self.overlap}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class PredictSummary:
+    """What :func:`predict_folder` did."""
+
+    output: Path
+    """The output folder."""
+    predicted: tuple[str, ...]
+    """Cases predicted in this run."""
+    skipped: tuple[str, ...]
+    """Cases skipped because their outputs existed."""
+    failed: tuple[tuple[str, str], ...]
+    """``(case, error message)`` of cases that failed (only with ``skip_invalid``)."""
+    csv: Path
+    """The ``predictions.csv`` file."""
+    seconds: float
+    """Wall-clock time of the run."""
+    volumes: dict[str, dict[str, float]] = field(default_factory=dict)
+    """``{case: {label name: mL}}`` for predicted and skipped cases."""
+
+
+def _canonical_order(names: Sequence[str] | None) -> tuple[str, ...] | None:
+    if names is None:
+        return None
+    from brainseg_cli.data.channels import canonical_channel
+
+    out = tuple(canonical_channel(n, error=ConfigError) for n in names)
+    if len(set(out)) != len(out):
+        raise ConfigError(f"--channel-order names a channel twice: {', '.join(names)}")
+    return out
+
+
+def _check_paths(config: PredictConfig) -> tuple[Path, Path]:
+    src = config.input.expanduser().resolve()
+    out = config.output.expanduser().resolve()
+    if not src.exists():
+        raise InputError(f"{config.input}: input not found")
+    folder = src if src.is_dir() else src.parent
+    if out == folder:
+        raise ConfigError(f"output folder {config.output} is the input folder; choose another (the input is never written to)")
+    if src.is_dir() and folder in out.parents:
+        raise ConfigError(f"output folder {config.output} is inside the input {config.input}; choose another")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output {config.output} exists and is not a folder")
+    return src, out
+
+
+def _output_paths(case, out: Path, save_probabilities: bool) -> list[Path]:
+    if case.layout == "lgg":
+        main = out / case.case
+    else:
+        main = out / f"{case.case}{case.output_ext}"
+    paths = [main]
+    if save_probabilities:
+        paths.append(out / f"{case.case}{PROBABILITIES_SUFFIX}")
+    return paths
+
+
+def _label_columns(labels: dict[str, int]) -> list[tuple[str, int]]:
+    return [(name, v) for name, v in sorted(labels.items(), key=lambda kv: kv[1]) if v != 0]
+
+
+def _volumes(labels: np.ndarray, spacing: Sequence[float], columns: list[tuple[str, int]]) -> dict[str, float]:
+    voxel_ml = math.prod(float(s) for s in spacing) / 1000.0
+    counts = np.bincount(np.asarray(labels).ravel().astype(np.int64), minlength=max((v for _, v in columns), default=0) + 1)
+    return {name: float(counts[v]) * voxel_ml for name, v in columns}
+
+
+def _read_previous_csv(path: Path) -> dict[str, dict[str, float]]:
+    if not path.is_file():
+        return {}
+    rows: dict[str, dict[str, float]] = {}
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                case = row.pop("case", None)
+                if case:
+                    rows[case] = {k[:-3]: float(v) for k, v in row.items() if k and k.endswith("_ml") and v not in (None, "")}
+    except (OSError, ValueError, csv.Error) as exc:
+        logger.warning("%s: cannot read the previous table (%s); volumes of skipped cases are recomputed", path, exc)
+        return {}
+    return rows
+
+
+def _volumes_from_output(case, main: Path, predictor, labels_mode: str, columns) -> dict[str, float]:
+    """Volumes of a skipped case, read back from its label map."""
+    from brainseg_cli.io import read_image, read_tiff
+
+    if case.layout == "lgg":  # 0/255 masks at 1 mm: the volume of the foreground, for a one-label model
+        if len(columns) != 1:
+            return {}
+        count = sum(int((read_tiff(p) > 0).sum()) for p in main.glob("*_mask.tif"))
+        return {columns[0][0]: count / 1000.0}
+    image = read_image(main)
+    array = np.asarray(image.array)
+    if labels_mode == "source":
+        inverse = {v: k for k, v in predictor.source_label_map().items()}
+        lut = np.zeros(int(array.max(initial=0)) + 1, dtype=np.int64)
+        for src, canon in inverse.items():
+            if src < lut.size:
+                lut[src] = canon
+        array = lut[array.astype(np.int64)]
+    return _volumes(array, image.spacing, columns)
+
+
+def _write_csv(path: Path, volumes: dict[str, dict[str, float]], columns) -> None:
+    with atomic_write(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["case", *(f"{name}_ml" for name, _ in columns)])
+        for case in sorted(volumes):
+            row = volumes[case]
+            writer.writerow([case, *(f"{row[name]:.4f}" if name in row else "" for name, _ in columns)])
+
+
+def _write_config(out: Path, config: PredictConfig, predictor) -> None:
+    data: dict[str, Any] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+    data["models"] = [str(p) for p in config.models]
+    data["channel_order"] = list(config.channel_order) if config.channel_order else None
+    data["tool_version"] = __version__
+    data["device"] = str(predictor.device)
+    data["checkpoints"] = [
+        {"path": str(m.path), "model": m.checkpoint["model"]["name"], "tool_version": m.checkpoint.get("tool_version"),
+         "epoch": (m.checkpoint.get("training") or {}).get("epoch")}
+        for m in predictor.members
+    ]
+    with atomic_write(out / CONFIG_JSON) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def _write_probabilities(path: Path, probs: np.ndarray, names: Sequence[str], image) -> None:
+    with atomic_write(path) as tmp:
+        with tmp.open("wb") as fh:
+            np.savez_compressed(
+                fh, probabilities=probs.astype(np.float16), names=np.array(list(names)),
+                spacing=np.asarray(image.spacing), origin=np.asarray(image.origin), direction=np.asarray(image.direction),
+            )
+
+
+def predict_case(case, *, predictor, config: PredictConfig, out: Path, columns) -> dict[str, float]:
+    """Read, predict and write one case; return its volumes ``{label name: mL}``.
+
+    Raises:
+        InputError: the case cannot be read or predicted (names the case).
+    """
+    from brainseg_cli.inference.inputs import load_case
+    from brainseg_cli.io import atomic_dir, write_image
+    from brainseg_cli.io.slices import write_lgg_masks
+
+    loaded = load_case(case, channels=predictor.channels, channel_order=config.channel_order)
+    labels, probs = predictor.predict(loaded.image, case=case.case, lcc=config.lcc)
+    volumes = _volumes(labels, loaded.image.spacing, columns)
+    paths = _output_paths(case, out, config.save_probabilities)
+    if config.save_probabilities:
+        _write_probabilities(paths[1], probs, predictor.output_names, loaded.image)
+    del probs
+    if case.layout == "lgg":
+        with atomic_dir(paths[0]) as tmp:
+            write_lgg_masks(tmp, patient=case.case, mask=(labels > 0).astype(np.uint8),
+                            slice_numbers=loaded.slice_numbers or [])
+    else:
+        written = predictor.to_source_labels(labels) if config.labels == "source" else labels
+        write_image(loaded.image.with_array(written), paths[0])
+    return volumes
+
+
+def predict_folder(
+    *, config: PredictConfig, progress: Callable[[str, int, int], None] | None = None
+) -> PredictSummary:
+    """Predict every case of ``config.input`` into ``config.output``.
+
+    Args:
+        config: the options (see :class:`PredictConfig`).
+        progress: called as ``progress(case, done, total)`` after each case (and once with
+            ``done = 0`` before the first).
+
+    Returns:
+        A :class:`PredictSummary`.
+
+    Raises:
+        ConfigError: invalid options, output folder equal to or inside the input.
+        CheckpointError: a foreign or damaged checkpoint, or checkpoints that disagree.
+        InputError: no cases in the input; a case that cannot be read or predicted (unless
+            ``skip_invalid``: then it is listed in the summary's ``failed``).
+    """
+    from brainseg_cli.inference.inputs import discover_cases
+    from brainseg_cli.inference.predictor import Predictor
+
+    start = time.perf_counter()
+    config.validate()
+    config = PredictConfig(**{**asdict(config), "channel_order": _canonical_order(config.channel_order)})
+    src, out = _check_paths(config)
+    cases = discover_cases(src)
+    predictor = Predictor.from_checkpoints(config.models, device=config.device, precision=config.precision,
+                                           tta=config.tta, overlap=config.overlap, batch_size=config.batch_size)
+    if config.labels == "source":
+        predictor.source_label_map()
+    predictor.largest_component_groups(config.lcc)
+    columns = _label_columns(predictor.labels)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_config(out, config, predictor)
+    csv_path = out / PREDICTIONS_CSV
+    previous = _read_previous_csv(csv_path)
+    volumes: dict[str, dict[str, float]] = {}
+    predicted: list[str] = []
+    skipped: list[str] = []
+    failed: list[tuple[str, str]] = []
+    total = len(cases)
+    logger.info("predicting %d case(s) from %s into %s with %d checkpoint(s) on %s", total, config.input,
+                config.output, len(predictor.members), predictor.device)
+    if progress is not None:
+        progress("", 0, total)
+    try:
+        for done, case in enumerate(cases, start=1):
+            paths = _output_paths(case, out, config.save_probabilities)
+            if not config.overwrite and all(p.exists() for p in paths):
+                skipped.append(case.case)
+                try:
+                    volumes[case.case] = previous.get(case.case) or _volumes_from_output(
+                        case, paths[0], predictor, config.labels, columns)
+                except InputError as exc:
+                    logger.warning("case %s: existing output kept, but its volumes could not be read: %s", case.case, exc)
+                logger.info("case %s: output exists, skipped (use --overwrite to predict again)", case.case)
+            else:
+                t0 = time.perf_counter()
+                try:
+                    volumes[case.case] = predict_case(case, predictor=predictor, config=config, out=out, columns=columns)
+                except InputError as exc:
+                    if not config.skip_invalid:
+                        raise
+                    failed.append((case.case, str(exc)))
+                    logger.error("case %s failed: %s", case.case, exc)
+                else:
+                    predicted.append(case.case)
+                    logger.info("case %s: predicted in %.1f s", case.case, time.perf_counter() - t0)
+                    _write_csv(csv_path, volumes | {k: v for k, v in previous.items() if k not in volumes}, columns)
+            if progress is not None:
+                progress(case.case, done, total)
+    finally:
+        if volumes or previous:
+            _write_csv(csv_path, {**previous, **volumes}, columns)
+    return PredictSummary(output=out, predicted=tuple(predicted), skipped=tuple(skipped), failed=tuple(failed),
+                          csv=csv_path, seconds=time.perf_counter() - start, volumes=volumes)

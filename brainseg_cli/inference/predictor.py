@@ -1,0 +1,385 @@
+"""The predictor: an ensemble of checkpoints that turns one input volume into probabilities and labels.
+
+Per case (:meth:`Predictor.predict`):
+
+1. each checkpoint's plan preprocesses the image exactly as in training
+   (:func:`brainseg_cli.data.preprocessing.preprocess_case`: reorientation, brain crop,
+   normalisation, resampling). Checkpoints whose plans preprocess identically share one pass;
+2. the network predicts the preprocessed volume with :func:`sliding_window_predict` (Gaussian
+   weighting, optional mirroring); a 2-D network runs slice by slice along the plan's
+   ``slice_axis`` (an axis of the reoriented, preprocessed volume, so the input's own orientation
+   does not matter);
+3. the probabilities of checkpoints sharing a plan are averaged, taken back to the input grid by
+   :func:`brainseg_cli.data.preprocessing.restore_to_original` (probabilities are resampled, not
+   labels; the low-resolution axis of anisotropic data separately; the brain crop undone), and the
+   groups averaged there (every checkpoint weighs the same);
+4. argmax (softmax models) or the region order (sigmoid models), then largest-component
+   post-processing (:meth:`Predictor.largest_component_groups`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from brainseg_cli.errors import CheckpointError, ConfigError, InputError
+from brainseg_cli.inference.postprocess import apply_largest_component, label_value_dtype, probabilities_to_labels
+from brainseg_cli.inference.sliding_window import PRECISIONS, sliding_window_predict
+from brainseg_cli.io import Image
+
+logger = logging.getLogger(__name__)
+
+#: ``--lcc`` choices: the checkpoint's decision, every foreground voxel as one group, or none.
+LCC_MODES: tuple[str, ...] = ("auto", "on", "off")
+
+#: Plan keys that preprocessing depends on (checkpoints equal in these share one preprocessing pass).
+_PREPROCESSING_KEYS: tuple[str, ...] = (
+    "channels", "orientation", "crop_to_brain", "normalization", "target_spacing", "config", "slice_axis",
+    "resampling", "background",
+)
+_REQUIRED_PLAN_KEYS: tuple[str, ...] = ("config", "patch_size", "channels", "target_spacing", "normalization")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """Turn ``"auto"`` / ``"cpu"`` / ``"cuda"`` / ``"cuda:N"`` into a torch device.
+
+    ``"auto"`` is the first GPU when CUDA is available, else the CPU.
+
+    Raises:
+        ConfigError: an unknown device name, or a GPU that this machine does not have.
+    """
+    if isinstance(device, torch.device):
+        return device
+    name = str(device).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device '{device}' asked for, but CUDA is not available on this machine")
+        try:
+            dev = torch.device(name)
+        except RuntimeError:
+            raise ConfigError(f"invalid device '{device}' (use auto, cpu, cuda or cuda:N)") from None
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device '{device}': this machine has {torch.cuda.device_count()} GPU(s)")
+        return dev
+    raise ConfigError(f"invalid device '{device}' (use auto, cpu, cuda or cuda:N)")
+
+
+@dataclass(frozen=True, eq=False)
+class EnsembleMember:
+    """One loaded checkpoint.
+
+    Attributes:
+        path: the checkpoint file.
+        checkpoint: the checkpoint dict without ``state_dict`` (and resume keys).
+        network: the network, in eval mode, on the predictor's device.
+    """
+
+    path: Path
+    checkpoint: dict[str, Any]
+    network: nn.Module
+
+    @property
+    def plan(self) -> dict[str, Any]:
+        """The checkpoint's plan."""
+        return self.checkpoint["plan"]
+
+
+def _plan_key(plan: Mapping[str, Any]) -> str:
+    return json.dumps({k: plan.get(k) for k in _PREPROCESSING_KEYS}, sort_keys=True, default=str)
+
+
+def load_member(path: str | os.PathLike[str], *, device: torch.device) -> EnsembleMember:
+    """Load one checkpoint (``weights_only``), check what prediction needs, build its network.
+
+    Raises:
+        CheckpointError: foreign or damaged file, or a plan lacking what prediction needs (one line
+            naming the file).
+    """
+    from brainseg_cli.training.checkpoint import build_model_from_checkpoint, load_checkpoint
+
+    path = Path(path)
+    ckpt = load_checkpoint(path, map_location="cpu")
+    plan = ckpt["plan"]
+    if not isinstance(plan, dict):
+        raise CheckpointError(f"checkpoint {path}: 'plan' is a {type(plan).__name__}, not a dict")
+    missing = [k for k in _REQUIRED_PLAN_KEYS if k not in plan]
+    if missing:
+        raise CheckpointError(f"checkpoint {path}: its plan lacks {', '.join(missing)}")
+    if plan["config"] not in ("2d", "3d"):
+        raise CheckpointError(f"checkpoint {path}: plan config is {plan['config']!r}, not '2d' or '3d'")
+    if plan["config"] == "2d" and plan.get("slice_axis") not in (0, 1, 2):
+        raise CheckpointError(f"checkpoint {path}: a 2-D plan needs slice_axis 0, 1 or 2, got {plan.get('slice_axis')!r}")
+    if len(plan["patch_size"]) != (2 if plan["config"] == "2d" else 3):
+        raise CheckpointError(f"checkpoint {path}: patch size {plan['patch_size']} does not fit a {plan['config']} plan")
+    if list(ckpt["channels"]) != list(plan["channels"]):
+        raise CheckpointError(f"checkpoint {path}: channels {ckpt['channels']} differ from its plan's {plan['channels']}")
+    network = build_model_from_checkpoint(ckpt, source=path).to(device)
+    network.eval()
+    meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "optimizer", "scheduler", "rng")}
+    return EnsembleMember(path=path, checkpoint=meta, network=network)
+
+
+class Predictor:
+    """An ensemble of checkpoints (one or more) ready to predict volumes.
+
+    Build it with :meth:`from_checkpoints`. All members must share channels, labels and output
+    kind (softmax classes or the same ordered sigmoid regions); their plans may differ.
+    """
+
+    def __init__(
+        self,
+        members: Sequence[EnsembleMember],
+        *,
+        device: torch.device,
+        precision: str = "fp32",
+        tta: bool = False,
+        overlap: float = 0.5,
+        batch_size: int = 2,
+    ) -> None:
+        """Wrap loaded members (see :meth:`from_checkpoints` for the arguments)."""
+        if not members:
+            raise ConfigError("prediction needs at least one checkpoint")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision '{precision}'; valid: {', '.join(PRECISIONS)}")
+        if not 0.0 <= overlap < 1.0:
+            raise ConfigError(f"overlap must be in [0, 1), got {overlap}")
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        first = members[0]
+        for m in members[1:]:
+            for key in ("channels", "labels", "regions"):
+                if _normalised(m.checkpoint[key]) != _normalised(first.checkpoint[key]):
+                    raise CheckpointError(f"checkpoint {m.path}: {key} {m.checkpoint[key]} differ from "
+                                          f"{first.path.name}'s {first.checkpoint[key]}; an ensemble must agree")
+            if bool(m.plan.get("region_based")) != bool(first.plan.get("region_based")):
+                raise CheckpointError(f"checkpoint {m.path}: region-based outputs differ from {first.path.name}'s")
+        self.members = list(members)
+        self.device = device
+        self.precision = precision
+        self.tta = tta
+        self.overlap = overlap
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_checkpoints(
+        cls,
+        paths: Sequence[str | os.PathLike[str]],
+        *,
+        device: str | torch.device = "auto",
+        precision: str = "fp32",
+        tta: bool = False,
+        overlap: float = 0.5,
+        batch_size: int = 2,
+    ) -> Predictor:
+        """Load checkpoints (``torch.load(weights_only=True)``) into a predictor.
+
+        Args:
+            paths: one checkpoint, or several (e.g. the five folds): probabilities are averaged.
+            device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+            precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast for the network).
+            tta: average over mirrored inputs.
+            overlap: sliding-window overlap in [0, 1).
+            batch_size: windows per network call.
+
+        Raises:
+            CheckpointError: a foreign or damaged checkpoint, or checkpoints that disagree.
+            ConfigError: invalid device, precision, overlap or batch size.
+        """
+        dev = resolve_device(device)
+        members = [load_member(p, device=dev) for p in paths]
+        return cls(members, device=dev, precision=precision, tta=tta, overlap=overlap, batch_size=batch_size)
+
+    # ------------------------------------------------------------------------------ properties
+    @property
+    def checkpoint(self) -> dict[str, Any]:
+        """The first member's checkpoint metadata (channels, labels, regions, plan, ...)."""
+        return self.members[0].checkpoint
+
+    @property
+    def channels(self) -> list[str]:
+        """Canonical input channel names, in the network's input order."""
+        return list(self.checkpoint["channels"])
+
+    @property
+    def labels(self) -> dict[str, int]:
+        """Label name -> value (``background`` 0 included)."""
+        return {str(k): int(v) for k, v in self.checkpoint["labels"].items()}
+
+    @property
+    def region_based(self) -> bool:
+        """True when the network has one sigmoid output per region."""
+        return bool(self.members[0].plan.get("region_based"))
+
+    @property
+    def regions(self) -> dict[str, list[int]]:
+        """Region name -> label values, in output order for region-based models."""
+        return {str(k): [int(v) for v in vs] for k, vs in (self.checkpoint.get("regions") or {}).items()}
+
+    @property
+    def output_names(self) -> list[str]:
+        """Name of each probability channel: the classes by value, or the regions in order."""
+        if self.region_based:
+            return list(self.regions)
+        return [name for name, _ in sorted(self.labels.items(), key=lambda kv: kv[1])]
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 for 2-D networks (run slice by slice), 3 for 3-D networks."""
+        return 2 if self.members[0].plan["config"] == "2d" else 3
+
+    def source_label_map(self) -> dict[int, int]:
+        """``{canonical value: source value}`` from ``plan["source_labels"]`` (for ``--labels source``).
+
+        Raises:
+            ConfigError: the checkpoint records no source label mapping, or it is malformed.
+        """
+        raw = self.members[0].plan.get("source_labels")
+        if not isinstance(raw, Mapping) or not raw:
+            raise ConfigError(f"checkpoint {self.members[0].path} records no source label mapping "
+                              "(plan['source_labels']); use --labels model")
+        try:
+            mapping = {int(k): int(v) for k, v in raw.items()}
+        except (TypeError, ValueError):
+            raise ConfigError(f"checkpoint {self.members[0].path}: plan['source_labels'] is malformed: {dict(raw)}") from None
+        mapping.setdefault(0, 0)
+        missing = sorted(set(self.labels.values()) - set(mapping))
+        if missing:
+            raise ConfigError(f"checkpoint {self.members[0].path}: plan['source_labels'] has no value for label(s) {missing}")
+        return mapping
+
+    def largest_component_groups(self, lcc: str) -> list[list[int]]:
+        """The label groups keep-largest-component is applied to, in order.
+
+        Args:
+            lcc: ``"auto"``: the checkpoint's ``postprocessing`` decision (label names -> their
+                value; region names -> the region's labels as one group); ``"on"``: every
+                foreground label together as one group (removes islands of the whole
+                segmentation); ``"off"``: none.
+
+        Returns:
+            A list of label groups.
+        """
+        if lcc not in LCC_MODES:
+            raise ConfigError(f"unknown --lcc mode '{lcc}'; valid: {', '.join(LCC_MODES)}")
+        if lcc == "off":
+            return []
+        foreground = sorted(v for v in self.labels.values() if v != 0)
+        if lcc == "on":
+            return [foreground] if foreground else []
+        groups = []
+        for name, decision in (self.checkpoint.get("postprocessing") or {}).items():
+            if not (isinstance(decision, Mapping) and decision.get("largest_component")):
+                continue
+            if name in self.labels and self.labels[name] != 0:
+                groups.append([self.labels[name]])
+            elif name in self.regions:
+                groups.append(list(self.regions[name]))
+            else:
+                logger.warning("checkpoint %s: post-processing names '%s', which is neither a label nor a region; "
+                               "ignored", self.members[0].path, name)
+        return groups
+
+    # ------------------------------------------------------------------------------ prediction
+    def _predict_member(self, member: EnsembleMember, data: np.ndarray) -> np.ndarray:
+        plan = member.plan
+        two_d = plan["config"] == "2d"
+        probs = sliding_window_predict(
+            member.network, torch.from_numpy(data), patch_size=plan["patch_size"], overlap=self.overlap,
+            batch_size=self.batch_size, tta=self.tta, precision=self.precision, device=self.device,
+            activation="sigmoid" if self.region_based else "softmax",
+            slice_axis=int(plan["slice_axis"]) if two_d else None,
+        )
+        return probs.numpy()
+
+    def predict_probabilities(self, image: Image, *, case: str = "<image>") -> np.ndarray:
+        """Ensemble probabilities of one volume on its own grid.
+
+        Args:
+            image: ``(C, X, Y, Z)`` image with channels in :attr:`channels` order (a one-channel
+                image may omit the channel axis).
+            case: the case id, named in error messages.
+
+        Returns:
+            ``(K, X, Y, Z)`` float32: softmax class probabilities (K = number of labels) or sigmoid
+            region probabilities (K = number of regions), on the input's voxel grid.
+
+        Raises:
+            InputError: wrong channel count, a 2-D image, or NaN/inf voxels.
+        """
+        from brainseg_cli.data.preprocessing import preprocess_case, restore_to_original
+
+        if image.spatial_dims != 3:
+            raise InputError(f"case {case}: a {image.spatial_dims}-D image, but the model predicts 3-D volumes")
+        if image.num_channels != len(self.channels):
+            raise InputError(f"case {case}: {image.num_channels} channel(s) but the model needs "
+                             f"{len(self.channels)} ({', '.join(self.channels)})")
+        if not np.isfinite(np.asarray(image.array)).all():
+            raise InputError(f"case {case}: the image has NaN or infinite voxels")
+        groups: dict[str, list[EnsembleMember]] = {}
+        for m in self.members:
+            groups.setdefault(_plan_key(m.plan), []).append(m)
+        total = np.zeros((0,), dtype=np.float32)
+        for index, members in enumerate(groups.values()):
+            data, _, info = preprocess_case(image, members[0].plan)
+            logger.debug("case %s: preprocessed %s -> %s", case, image.spatial_shape, data.shape[1:])
+            acc = self._predict_member(members[0], data)
+            for m in members[1:]:
+                acc += self._predict_member(m, data)
+            acc /= len(members)
+            restored = restore_to_original(acc, info, background_class=not self.region_based)
+            del acc
+            if len(groups) > 1:  # weigh each group by its number of members
+                restored *= len(members) / len(self.members)
+            total = restored if index == 0 else total + restored
+        return total.astype(np.float32, copy=False)
+
+    def labels_from_probabilities(self, probs: np.ndarray, *, lcc: str = "auto") -> np.ndarray:
+        """Label map from probabilities: argmax or region order, then largest-component post-processing.
+
+        Args:
+            probs: ``(K, X, Y, Z)`` from :meth:`predict_probabilities`.
+            lcc: ``"auto"``, ``"on"`` or ``"off"`` (see :meth:`largest_component_groups`).
+
+        Returns:
+            ``(X, Y, Z)`` label map in the checkpoint's label values (uint8 when they fit).
+        """
+        regions = list(self.regions.values()) if self.region_based else None
+        labels = probabilities_to_labels(probs, regions=regions)
+        groups = self.largest_component_groups(lcc)
+        if groups:
+            labels = apply_largest_component(labels, labels_to_process=groups)
+        return labels
+
+    def to_source_labels(self, labels: np.ndarray) -> np.ndarray:
+        """Map a label map from the checkpoint's values to the source convention (e.g. BraTS 1/2/4)."""
+        mapping = self.source_label_map()
+        lut = np.zeros(max(mapping) + 1, dtype=label_value_dtype(max(mapping.values())))
+        for k, v in mapping.items():
+            lut[k] = v
+        return lut[labels]
+
+    def predict(self, image: Image, *, case: str = "<image>", lcc: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities and labels of one volume (see :meth:`predict_probabilities`).
+
+        Returns:
+            ``(labels (X, Y, Z), probabilities (K, X, Y, Z) float32)``.
+        """
+        probs = self.predict_probabilities(image, case=case)
+        return self.labels_from_probabilities(probs, lcc=lcc), probs
+
+
+def _normalised(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)

@@ -1,0 +1,95 @@
+"""Post-processing: largest connected component, probabilities to labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from brainseg_cli.errors import ConfigError
+from brainseg_cli.inference.postprocess import (
+    apply_largest_component,
+    keep_largest_component,
+    probabilities_to_labels,
+    region_label_values,
+)
+
+
+def test_keep_largest_component_removes_islands():
+    mask = np.zeros((20, 20, 20), bool)
+    mask[2:8, 2:8, 2:8] = True          # 216 voxels
+    mask[15:17, 15:17, 15:17] = True    # 8 voxels, an island
+    out = keep_largest_component(mask)
+    assert out.dtype == bool and out.sum() == 216 and not out[15:17, 15:17, 15:17].any()
+    assert mask.sum() == 224  # input untouched
+
+
+def test_full_connectivity_joins_corner_neighbours():
+    mask = np.zeros((6, 6, 6), bool)
+    mask[1, 1, 1] = mask[2, 2, 2] = mask[3, 3, 3] = True  # vertex-connected chain
+    mask[5, 5, 0] = True
+    out = keep_largest_component(mask)
+    assert out.sum() == 3 and not out[5, 5, 0]
+    m2 = np.zeros((5, 5), bool)
+    m2[0, 0] = m2[1, 1] = True
+    m2[4, 4] = True
+    assert keep_largest_component(m2).sum() == 2
+
+
+def test_keep_largest_component_empty_and_single():
+    assert not keep_largest_component(np.zeros((4, 4), bool)).any()
+    m = np.zeros((4, 4), np.uint8)
+    m[1:3, 1:3] = 1
+    np.testing.assert_array_equal(keep_largest_component(m), m.astype(bool))
+
+
+def test_apply_largest_component_per_label_and_group():
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[2:10, 2:10, 2:10] = 1
+    labels[4:6, 4:6, 4:6] = 3
+    labels[15:17, 15:17, 15:17] = 3   # a larger ET island away from the tumour
+    labels[15:18, 2:4, 2:4] = 3
+    labels[18, 18, 18] = 1            # edema island
+    out = apply_largest_component(labels, labels_to_process=[1])
+    assert out[18, 18, 18] == 0 and (out[labels == 3] == 3).all()
+    assert out.dtype == labels.dtype and labels[18, 18, 18] == 1
+    # group (whole tumour): the main tumour including its ET core stays, all islands go
+    out = apply_largest_component(labels, labels_to_process=[[1, 2, 3]])
+    assert out[5, 5, 5] == 3 and out[16, 16, 16] == 0 and out[16, 3, 3] == 0 and out[18, 18, 18] == 0
+    # label 3 alone: the 12-voxel island beats the 8-voxel core and the 8-voxel other island
+    out = apply_largest_component(labels, labels_to_process=[3])
+    assert out[16, 3, 3] == 3 and out[5, 5, 5] == 0 and out[16, 16, 16] == 0
+    with pytest.raises(ConfigError, match="background"):
+        apply_largest_component(labels, labels_to_process=[0])
+
+
+def test_argmax_labels():
+    probs = np.zeros((4, 3, 3), np.float32)
+    probs[0] = 0.4
+    probs[2, 0, 0] = 0.6
+    probs[3, 1, 1] = 0.9
+    probs[1, 2, 2] = 0.4  # tie with background -> lower class
+    out = probabilities_to_labels(probs)
+    assert out.dtype == np.uint8 and out[0, 0] == 2 and out[1, 1] == 3 and out[2, 2] == 0
+    np.testing.assert_array_equal(probabilities_to_labels(torch.from_numpy(probs)), out)
+
+
+def test_region_label_values():
+    assert region_label_values([[1, 2, 3], [2, 3], [3]]) == [1, 2, 3]
+    assert region_label_values([[1, 2], [2]]) == [1, 2]
+    with pytest.raises(ConfigError, match="in no later region"):
+        region_label_values([[1, 2, 3], [3]])
+    with pytest.raises(ConfigError, match="in no later region"):
+        region_label_values([[3], [2, 3]])
+
+
+def test_region_probabilities_later_overwrite_earlier():
+    probs = np.zeros((3, 4), np.float32)
+    probs[:, 0] = [0.9, 0.2, 0.9]   # ET without TC still writes 3 (later overwrites)
+    probs[:, 1] = [0.9, 0.7, 0.1]   # TC -> 2
+    probs[:, 2] = [0.6, 0.4, 0.2]   # WT -> 1
+    probs[:, 3] = [0.5, 0.5, 0.5]   # exactly 0.5 is not foreground
+    out = probabilities_to_labels(probs, regions=[[1, 2, 3], [2, 3], [3]])
+    np.testing.assert_array_equal(out, [3, 2, 1, 0])
+    with pytest.raises(ConfigError, match="3 probability channels but 2 regions"):
+        probabilities_to_labels(probs, regions=[[1, 2], [2]])

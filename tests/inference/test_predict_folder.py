@@ -1,0 +1,152 @@
+"""predict_folder: outputs, geometry, resume, atomicity, failures, predictions.csv."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import tifffile
+
+from brainseg_cli.errors import ConfigError, InputError
+from brainseg_cli.inference.predict import PredictConfig, predict_folder
+from brainseg_cli.io import Image, read_image, write_image
+from predict_fixtures import RAS_DIRECTION, cube_volume, oblique_direction, random_checkpoint, write_dataset_folder
+
+
+def _case(seed, *, spacing=(1.0, 1.0, 1.0), direction=None, origin=(10.0, -20.0, 5.0), shape=(32, 32, 24)):
+    image, label = cube_volume(seed, shape=shape)
+    return Image(image, spacing, origin, direction), label
+
+
+def _dice(a, b):
+    return 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
+
+
+GEOMETRIES = {
+    "lps": dict(),
+    "ras": dict(direction=RAS_DIRECTION),
+    "oblique": dict(direction=oblique_direction(25.0)),
+    "anisotropic": dict(spacing=(0.9, 0.9, 3.0)),
+}
+
+
+@pytest.mark.parametrize("geometry", list(GEOMETRIES))
+def test_geometry_preserved_and_matches_fitted_truth(tmp_path, fitted_checkpoint, geometry):
+    img, label = _case(21, **GEOMETRIES[geometry])
+    write_dataset_folder(tmp_path / "in", {"caseA": img}, channels=["T1", "FLAIR"])
+    summary = predict_folder(config=PredictConfig(models=(fitted_checkpoint,), input=tmp_path / "in",
+                                                  output=tmp_path / "out", device="cpu"))
+    assert summary.predicted == ("caseA",) and not summary.failed
+    out = read_image(tmp_path / "out" / "caseA.nii.gz")
+    src = read_image(tmp_path / "in" / "caseA_0000.nii.gz")
+    out.check_same_grid(src, "prediction vs input", tol=1e-5)
+    assert out.array.shape == src.array.shape and np.issubdtype(out.array.dtype, np.integer)
+    a, b = nib.load(tmp_path / "out" / "caseA.nii.gz"), nib.load(tmp_path / "in" / "caseA_0000.nii.gz")
+    np.testing.assert_allclose(a.affine, b.affine, atol=1e-5)
+    if geometry != "anisotropic":  # the model was fitted at 1 mm
+        assert _dice(np.asarray(out.array) > 0, label > 0) > 0.6
+
+
+def test_outputs_csv_config_probabilities_and_source_labels(tmp_path, fitted_checkpoint):
+    cases = {f"c{i}": _case(30 + i, spacing=(1.0, 1.0, 2.0))[0] for i in range(2)}
+    write_dataset_folder(tmp_path / "in", cases)
+    config = PredictConfig(models=(fitted_checkpoint,), input=tmp_path / "in", output=tmp_path / "out", device="cpu",
+                           save_probabilities=True, labels="source", lcc="off")
+    seen = []
+    summary = predict_folder(config=config, progress=lambda d, i, n: seen.append((d, i, n)))
+    assert seen == [("", 0, 2), ("c0", 1, 2), ("c1", 2, 2)]
+    assert summary.predicted == ("c0", "c1")
+    out = np.asarray(read_image(tmp_path / "out" / "c0.nii.gz").array)
+    assert set(np.unique(out)) <= {0, 2, 4} and (out == 4).any()  # canonical 1 -> 2, 2 -> 4
+    npz = np.load(tmp_path / "out" / "c0_probabilities.npz")
+    assert npz["probabilities"].dtype == np.float16 and npz["probabilities"].shape == (3, 32, 32, 24)
+    assert list(npz["names"]) == ["background", "outer", "inner"]
+    np.testing.assert_allclose(npz["spacing"], (1.0, 1.0, 2.0))
+    # labels are the argmax of the saved probabilities (up to float16 ties)
+    argmax = npz["probabilities"].astype(np.float32).argmax(0)
+    assert (np.array([0, 2, 4])[argmax] == out).mean() > 0.999
+    with open(tmp_path / "out" / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["case"] for r in rows] == ["c0", "c1"] and list(rows[0]) == ["case", "outer_ml", "inner_ml"]
+    canonical = np.array([0, 0, 1, 0, 2])[out]
+    assert float(rows[0]["inner_ml"]) == pytest.approx((canonical == 2).sum() * 2.0 / 1000, abs=1e-4)
+    saved = json.loads((tmp_path / "out" / "predict_config.json").read_text())
+    assert saved["labels"] == "source" and saved["models"] == [str(fitted_checkpoint)]
+
+
+def test_skip_finished_overwrite_and_resume(tmp_path, fitted_checkpoint):
+    cases = {f"c{i}": _case(40 + i)[0] for i in range(2)}
+    write_dataset_folder(tmp_path / "in", cases)
+    config = PredictConfig(models=(fitted_checkpoint,), input=tmp_path / "in", output=tmp_path / "out", device="cpu")
+    first = predict_folder(config=config)
+    assert first.predicted == ("c0", "c1")
+    marker = tmp_path / "out" / "c0.nii.gz"
+    before = marker.stat().st_mtime_ns
+    (tmp_path / "out" / "c1.nii.gz").unlink()  # an interrupted run: c1 missing
+    (tmp_path / "out" / "predictions.csv").unlink()
+    second = predict_folder(config=config)
+    assert second.skipped == ("c0",) and second.predicted == ("c1",)
+    assert marker.stat().st_mtime_ns == before
+    with open(tmp_path / "out" / "predictions.csv", newline="") as fh:
+        rows = {r["case"]: r for r in csv.DictReader(fh)}
+    assert set(rows) == {"c0", "c1"}  # the skipped case's volumes are read back from its label map
+    assert float(rows["c0"]["outer_ml"]) == pytest.approx(first.volumes["c0"]["outer"], abs=1e-4)
+    third = predict_folder(config=PredictConfig(**{**config.__dict__, "overwrite": True}))
+    assert third.predicted == ("c0", "c1") and not third.skipped
+    assert not list((tmp_path / "out").glob(".tmp-*"))
+
+
+def test_refuses_output_in_input(tmp_path, fitted_checkpoint):
+    write_dataset_folder(tmp_path / "in", {"c": _case(1)[0]})
+    for out in (tmp_path / "in", tmp_path / "in" / "preds"):
+        with pytest.raises(ConfigError, match="input"):
+            predict_folder(config=PredictConfig(models=(fitted_checkpoint,), input=tmp_path / "in", output=out))
+    single = tmp_path / "in" / "c_0000.nii.gz"
+    with pytest.raises(ConfigError, match="is the input folder"):
+        predict_folder(config=PredictConfig(models=(fitted_checkpoint,), input=single, output=tmp_path / "in"))
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["c_0000.nii.gz", "c_0001.nii.gz"]
+
+
+def test_bad_case_and_skip_invalid(tmp_path, fitted_checkpoint):
+    folder = write_dataset_folder(tmp_path / "in", {"a": _case(1)[0], "c": _case(2)[0]})
+    write_image(_case(3)[0].channel(0), folder / "b_0000.nii.gz")  # b lacks its second channel
+    config = PredictConfig(models=(fitted_checkpoint,), input=folder, output=tmp_path / "out", device="cpu")
+    with pytest.raises(InputError, match=r"case b: 1 channel\(s\) but the model needs 2"):
+        predict_folder(config=config)
+    assert (tmp_path / "out" / "a.nii.gz").exists() and not (tmp_path / "out" / "c.nii.gz").exists()
+    summary = predict_folder(config=PredictConfig(**{**config.__dict__, "skip_invalid": True}))
+    assert summary.skipped == ("a",) and summary.predicted == ("c",)
+    assert [case for case, _ in summary.failed] == ["b"] and "model needs 2" in summary.failed[0][1]
+
+
+def test_lgg_tiff_output(tmp_path):
+    ckpt = random_checkpoint(tmp_path / "lgg.pt", config="2d", channels=("T1", "FLAIR", "T1c"), patch_size=(16, 16),
+                             slice_axis=2, labels={"background": 0, "abnormality": 1})
+    folder = tmp_path / "kaggle_3m" / "TCGA_X_1"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3):
+        tifffile.imwrite(folder / f"TCGA_X_1_{n}.tif", rng.integers(0, 255, (20, 20, 3), dtype=np.uint8),
+                         photometric="rgb")
+    summary = predict_folder(config=PredictConfig(models=(ckpt,), input=tmp_path / "kaggle_3m",
+                                                  output=tmp_path / "out", device="cpu", lcc="off"))
+    assert summary.predicted == ("TCGA_X_1",)
+    masks = sorted(p.name for p in (tmp_path / "out" / "TCGA_X_1").iterdir())
+    assert masks == ["TCGA_X_1_1_mask.tif", "TCGA_X_1_2_mask.tif", "TCGA_X_1_3_mask.tif"]
+    m = tifffile.imread(tmp_path / "out" / "TCGA_X_1" / "TCGA_X_1_2_mask.tif")
+    assert m.shape == (20, 20) and m.dtype == np.uint8 and set(np.unique(m)) <= {0, 255}
+
+
+def test_bad_options(tmp_path, fitted_checkpoint):
+    base = dict(models=(fitted_checkpoint,), input=tmp_path, output=tmp_path / "o")
+    with pytest.raises(ConfigError, match="invalid --lcc"):
+        predict_folder(config=PredictConfig(**base, lcc="sometimes"))
+    with pytest.raises(ConfigError, match="--overlap must be in"):
+        predict_folder(config=PredictConfig(**base, overlap=1.5))
+    with pytest.raises(ConfigError, match="unknown channel name 'T9'"):
+        predict_folder(config=PredictConfig(**base, channel_order=("T1", "T9")))
+    with pytest.raises(InputError, match="input not found"):
+        predict_folder(config=PredictConfig(**{**base, "input": tmp_path / "nope"}))

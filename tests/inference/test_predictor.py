@@ -1,0 +1,209 @@
+"""The predictor: ensemble loading, preprocessing round trip, 2-D slicing, post-processing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from brainseg_cli.errors import CheckpointError, ConfigError, InputError
+from brainseg_cli.inference.predictor import Predictor, resolve_device
+from brainseg_cli.io import Image
+from predict_fixtures import (
+    cube_volume,
+    make_network,
+    make_plan,
+    random_checkpoint,
+    reference_sliding_window,
+    save_model_checkpoint,
+)
+
+
+def test_equals_independent_sliding_window(tmp_path):
+    """No crop, same spacing and orientation: labels = argmax of a window-by-window reference."""
+    from brainseg_cli.data.preprocessing import preprocess_case
+
+    plan = make_plan(patch_size=(16, 16, 8), crop_to_brain=False)
+    net = make_network(plan, seed=3)
+    ckpt = save_model_checkpoint(tmp_path / "m.pt", plan, net)
+    image, _ = cube_volume(1, shape=(30, 21, 17), background=False)
+    img = Image(image, (1.0, 1.0, 1.0))
+    predictor = Predictor.from_checkpoints([ckpt], device="cpu", overlap=0.5, batch_size=3)
+    labels, probs = predictor.predict(img, lcc="off")
+    data, _, _ = preprocess_case(img, plan)
+    ref = reference_sliding_window(net, torch.from_numpy(data), (16, 16, 8), 0.5, "softmax").numpy()
+    np.testing.assert_allclose(probs, ref, atol=1e-5)
+    np.testing.assert_array_equal(labels, ref.argmax(0))
+    assert labels.shape == (30, 21, 17) and labels.dtype == np.uint8
+
+
+def test_fitted_model_segments_and_crop_is_undone(fitted_checkpoint):
+    predictor = Predictor.from_checkpoints([fitted_checkpoint], device="cpu")
+    image, label = cube_volume(11)
+    labels, probs = predictor.predict(Image(image, (1.0, 1.0, 1.0)), lcc="off")
+    assert probs.shape == (3, *label.shape)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-4)
+    # outside the brain crop (the zero border): background with probability 1
+    assert (probs[0, :2] == 1).all() and (labels[:2] == 0).all()
+    for value in (1, 2):
+        p, g = labels == value, label == value
+        assert 2 * (p & g).sum() / (p.sum() + g.sum()) > 0.6
+
+
+@pytest.mark.parametrize("direction", ["lps", "ras", "permuted"])
+def test_prediction_does_not_depend_on_storage_orientation(tmp_path, direction):
+    """The same world content stored in another index order gives the same labels (also for 2-D plans)."""
+    plan = make_plan(config="2d", patch_size=(16, 16), slice_axis=2, crop_to_brain=False)
+    ckpt = save_model_checkpoint(tmp_path / "m2d.pt", plan, make_network(plan, seed=1))
+    predictor = Predictor.from_checkpoints([ckpt], device="cpu")
+    image, _ = cube_volume(2, shape=(20, 18, 6), background=False)
+    spacing = (1.0, 1.2, 3.0)
+    base, _ = predictor.predict(Image(image, spacing), lcc="off")
+    if direction == "lps":
+        moved, back = Image(image, spacing), lambda a: a
+    elif direction == "ras":  # axes 0, 1 reversed in storage, direction flipped: same world voxels
+        moved = Image(image[:, ::-1, ::-1].copy(), spacing, direction=np.diag([-1.0, -1.0, 1.0]),
+                      origin=(19.0, 18 * 1.2 - 1.2, 0.0))
+        back = lambda a: a[::-1, ::-1]
+    else:  # storage axes (z, x, y) with the matching direction
+        perm = np.transpose(image, (0, 3, 1, 2)).copy()
+        d = np.zeros((3, 3))
+        d[2, 0] = d[0, 1] = d[1, 2] = 1.0
+        moved = Image(perm, (3.0, 1.0, 1.2), direction=d)
+        back = lambda a: np.transpose(a, (1, 2, 0))
+    labels, _ = predictor.predict(moved, lcc="off")
+    np.testing.assert_array_equal(back(labels), base)
+
+
+def test_2d_model_runs_along_plan_slice_axis(tmp_path):
+    from brainseg_cli.data.preprocessing import preprocess_case
+    from brainseg_cli.inference.sliding_window import sliding_window_predict
+
+    plan = make_plan(config="2d", patch_size=(8, 8), slice_axis=0, crop_to_brain=False)
+    net = make_network(plan, seed=2)
+    ckpt = save_model_checkpoint(tmp_path / "m.pt", plan, net)
+    image, _ = cube_volume(3, shape=(5, 12, 10), background=False)
+    img = Image(image, (1.0, 1.0, 1.0))
+    _, probs = Predictor.from_checkpoints([ckpt], device="cpu").predict(img)
+    data, _, _ = preprocess_case(img, plan)
+    expected = torch.stack([sliding_window_predict(net, torch.from_numpy(data[:, k]), patch_size=(8, 8))
+                            for k in range(5)], dim=1)
+    np.testing.assert_allclose(probs, expected.numpy(), atol=1e-5)
+
+
+def test_ensemble_averages_probabilities(tmp_path):
+    a = random_checkpoint(tmp_path / "a.pt", seed=1, crop_to_brain=False)
+    b = random_checkpoint(tmp_path / "b.pt", seed=2, crop_to_brain=False, target_spacing=(2.0, 2.0, 2.0),
+                          patch_size=(8, 8, 8))
+    image, _ = cube_volume(4, shape=(20, 16, 16))
+    img = Image(image, (1.0, 1.0, 1.0))
+    pa = Predictor.from_checkpoints([a], device="cpu").predict_probabilities(img)
+    pb = Predictor.from_checkpoints([b], device="cpu").predict_probabilities(img)
+    both = Predictor.from_checkpoints([a, b], device="cpu").predict_probabilities(img)
+    np.testing.assert_allclose(both, (pa + pb) / 2, atol=1e-5)
+    same = Predictor.from_checkpoints([a, a], device="cpu").predict_probabilities(img)
+    np.testing.assert_allclose(same, pa, atol=1e-6)
+
+
+def test_ensemble_must_agree(tmp_path):
+    a = random_checkpoint(tmp_path / "a.pt")
+    b = random_checkpoint(tmp_path / "b.pt", channels=("T1c", "FLAIR"))
+    with pytest.raises(CheckpointError, match="b.pt: channels"):
+        Predictor.from_checkpoints([a, b], device="cpu")
+
+
+def test_tta_and_precision_reach_the_sliding_window(tmp_path):
+    ckpt = random_checkpoint(tmp_path / "a.pt", seed=5, crop_to_brain=False)
+    image, _ = cube_volume(5, shape=(16, 16, 16), background=False)
+    img = Image(image, (1.0, 1.0, 1.0))
+    plain = Predictor.from_checkpoints([ckpt], device="cpu").predict_probabilities(img)
+    tta = Predictor.from_checkpoints([ckpt], device="cpu", tta=True).predict_probabilities(img)
+    assert not np.allclose(plain, tta, atol=1e-4)
+    bf16 = Predictor.from_checkpoints([ckpt], device="cpu", precision="bf16").predict_probabilities(img)
+    assert not np.array_equal(plain, bf16) and np.abs(plain - bf16).max() < 0.1
+
+
+def test_largest_component_modes(tmp_path):
+    ckpt = random_checkpoint(tmp_path / "a.pt", postprocessing={
+        "outer": {"largest_component": True}, "inner": {"largest_component": False}})
+    predictor = Predictor.from_checkpoints([ckpt], device="cpu")
+    assert predictor.largest_component_groups("auto") == [[1]]
+    assert predictor.largest_component_groups("on") == [[1, 2]]
+    assert predictor.largest_component_groups("off") == []
+    probs = np.zeros((3, 12, 12, 12), np.float32)
+    probs[0] = 1
+    probs[:, 1:6, 1:6, 1:6] = [[[[0]]], [[[1]]], [[[0]]]]      # outer blob
+    probs[:, 8:10, 8:10, 8:10] = [[[[0]]], [[[1]]], [[[0]]]]   # outer island
+    probs[:, 10:12, 0:2, 10:12] = [[[[0]]], [[[0]]], [[[1]]]]  # inner island
+    off = predictor.labels_from_probabilities(probs, lcc="off")
+    auto = predictor.labels_from_probabilities(probs, lcc="auto")
+    on = predictor.labels_from_probabilities(probs, lcc="on")
+    assert off[9, 9, 9] == 1 and off[11, 1, 11] == 2
+    assert auto[9, 9, 9] == 0 and auto[11, 1, 11] == 2 and auto[3, 3, 3] == 1
+    assert on[9, 9, 9] == 0 and on[11, 1, 11] == 0 and on[3, 3, 3] == 1
+    with pytest.raises(ConfigError, match="unknown --lcc mode 'maybe'"):
+        predictor.largest_component_groups("maybe")
+
+
+def test_region_based_checkpoint(tmp_path):
+    regions = {"WT": [1, 2, 3], "TC": [2, 3], "ET": [3]}
+    labels = {"background": 0, "edema": 1, "core": 2, "enhancing": 3}
+    ckpt = random_checkpoint(tmp_path / "r.pt", labels=labels, regions=regions, region_based=True,
+                             crop_to_brain=False, postprocessing={"WT": {"largest_component": True}})
+    predictor = Predictor.from_checkpoints([ckpt], device="cpu")
+    assert predictor.output_names == ["WT", "TC", "ET"] and predictor.largest_component_groups("auto") == [[1, 2, 3]]
+    image, _ = cube_volume(6, shape=(16, 16, 16), background=False)
+    labels_out, probs = predictor.predict(Image(image, (1.0, 1.0, 1.0)), lcc="off")
+    assert probs.shape == (3, 16, 16, 16) and (probs >= 0).all() and (probs <= 1).all()
+    expected = np.zeros((16, 16, 16), np.uint8)
+    for value, p in zip((1, 2, 3), probs):
+        expected[p > 0.5] = value
+    np.testing.assert_array_equal(labels_out, expected)
+
+
+def test_source_labels(tmp_path):
+    ckpt = random_checkpoint(tmp_path / "s.pt", source_labels={1: 2, 2: 4})
+    predictor = Predictor.from_checkpoints([ckpt], device="cpu")
+    np.testing.assert_array_equal(predictor.to_source_labels(np.array([0, 1, 2, 1], np.uint8)), [0, 2, 4, 2])
+    plain = Predictor.from_checkpoints([random_checkpoint(tmp_path / "p.pt")], device="cpu")
+    with pytest.raises(ConfigError, match="records no source label mapping"):
+        plain.to_source_labels(np.zeros(3, np.uint8))
+
+
+def test_bad_images(tmp_path):
+    predictor = Predictor.from_checkpoints([random_checkpoint(tmp_path / "a.pt")], device="cpu")
+    with pytest.raises(InputError, match=r"case x: 3 channel\(s\) but the model needs 2 \(T1, FLAIR\)"):
+        predictor.predict(Image(np.zeros((3, 8, 8, 8), np.float32), (1.0, 1.0, 1.0)), case="x")
+    with pytest.raises(InputError, match="case y: a 2-D image"):
+        predictor.predict(Image(np.zeros((2, 8, 8), np.float32), (1.0, 1.0)), case="y")
+    nan = np.zeros((2, 8, 8, 8), np.float32)
+    nan[0, 1, 1, 1] = np.nan
+    with pytest.raises(InputError, match="case z: the image has NaN"):
+        predictor.predict(Image(nan, (1.0, 1.0, 1.0)), case="z")
+
+
+def test_bad_checkpoints(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"definitely not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        Predictor.from_checkpoints([junk], device="cpu")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(CheckpointError, match="not a brainseg checkpoint"):
+        Predictor.from_checkpoints([foreign], device="cpu")
+    plan = make_plan()
+    del plan["patch_size"]
+    net = make_network(make_plan())
+    bad = save_model_checkpoint(tmp_path / "noplan.pt", plan, net)
+    with pytest.raises(CheckpointError, match="its plan lacks patch_size"):
+        Predictor.from_checkpoints([bad], device="cpu")
+
+
+def test_resolve_device():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="invalid device 'tpu'"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            resolve_device("cuda:0")
