@@ -1,4 +1,6 @@
 # Two-command quickstart: `make demo` (main job) and `make test` (test suite).
+# The demo runs one torch thread: on 2 shared cores, 2 threads that compete with other jobs ran
+# training steps up to 10x slower, and one thread is as fast on an idle machine for these small models.
 # Both create .venv and install what they need, torch pinned to the CPU wheel by constraints.txt.
 PYTHON ?= python3
 VENV ?= .venv
@@ -28,7 +30,7 @@ install: $(STAMP_RUN)
 install-dev: $(STAMP_DEV)
 
 demo: $(STAMP_RUN)
-	$(BIN)/brainseg demo -o demo_output
+	$(BIN)/brainseg --threads 1 demo -o demo_output
 
 test: $(STAMP_DEV)
 	bash scripts/ensure_chromium.sh

@@ -1,0 +1,105 @@
+"""The root app: version, help, lazy imports, error convention and the public Python API."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+import brainseg_cli
+from brainseg_cli.cli import common
+from brainseg_cli.cli.main import COMMANDS, app
+from brainseg_cli.errors import ConfigError, InputError
+
+runner = CliRunner()
+
+
+def test_version_is_eager_and_exact():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"brainseg {brainseg_cli.__version__}"
+
+
+def test_no_args_prints_help_listing_every_registered_command():
+    result = runner.invoke(app, [])
+    # click exits 0 or 2 for no_args_is_help depending on version; the help text is what matters
+    assert "Usage" in result.output
+    for name in COMMANDS:
+        assert name in result.output
+
+
+def test_help_does_not_import_heavy_modules():
+    code = (
+        "import sys\n"
+        "from brainseg_cli.cli.main import app\n"
+        "heavy = [m for m in ('torch', 'SimpleITK', 'scipy', 'nibabel', 'matplotlib') if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def _app_with(fn) -> typer.Typer:
+    local = typer.Typer()
+
+    @local.command()
+    def boom() -> None:
+        common.run(fn)
+
+    @local.callback()
+    def cb(debug: bool = False) -> None:
+        common.configure(verbose=False, quiet=True, debug=debug, threads=None)
+
+    return local
+
+
+def test_brainseg_error_is_one_line_with_its_exit_code():
+    def fail():
+        raise InputError("case BRATS_004: FLAIR is 240x240x155 but the label is 240x240x150")
+
+    result = runner.invoke(_app_with(fail), ["boom"])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines == ["error: case BRATS_004: FLAIR is 240x240x155 but the label is 240x240x150"]
+
+
+def test_config_error_is_a_usage_error():
+    def fail():
+        raise ConfigError("--precision fp16 needs a CUDA device")
+
+    result = runner.invoke(_app_with(fail), ["boom"])
+    assert result.exit_code == 2
+    assert "error: --precision fp16 needs a CUDA device" in result.output
+
+
+def test_unexpected_exception_hints_at_debug_without_traceback():
+    def fail():
+        raise ValueError("bad thing 42")
+
+    result = runner.invoke(_app_with(fail), ["boom"])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert "unexpected ValueError: bad thing 42" in result.output
+    assert "--debug" in result.output
+
+
+def test_debug_shows_the_traceback():
+    def fail():
+        raise ValueError("bad thing 42")
+
+    result = runner.invoke(_app_with(fail), ["--debug", "boom"])
+    assert result.exit_code == 1
+    assert "Traceback" in result.output
+
+
+@pytest.mark.parametrize("name", sorted(set(brainseg_cli.__all__) - {"__version__"}))
+def test_public_api_names_resolve(name):
+    assert getattr(brainseg_cli, name) is not None
+
+
+def test_unknown_api_name_is_an_attribute_error():
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        brainseg_cli.no_such_thing  # noqa: B018
