@@ -1,0 +1,371 @@
+"""Real data, measured: train on 7 BraTS 2018 cases for a fixed CPU budget, score the 2 held out.
+
+The whole pipeline runs through the ``brainseg`` CLI (one subprocess per step), on the 9 real
+BraTS 2018 cases of ``../shared/data/brats2018_deepbrainseg`` (read in place, never copied):
+
+1. ``brainseg convert brats`` on a folder of the 7 training cases (real case folders holding
+   symlinks to the files), and again on one of the 2 held-out cases (a second dataset);
+2. ``brainseg pretrain`` on the 7 (one of them validates, ``--val-cases 1``), region-based
+   (``--regions brats``: sigmoid WT/TC/ET outputs, as nnU-Net trains BraTS), with the plan the
+   tool makes for a CPU, for ``--max-time MINUTES``. ``--epochs`` sizes the poly learning-rate
+   schedule to the budget (``auto``: from a step time measured just before training, rounded up;
+   the loop's time guard stops an over-long schedule), validation every 2 epochs and after the last;
+3. ``brainseg predict`` the held-out dataset's ``imagesTr`` with ``best.pt``;
+4. ``brainseg evaluate --regions brats --metrics dice hd95`` against the held-out labels;
+5. ``results.md`` / ``results.csv`` in OUT: WT/TC/ET Dice and HD95 per case and mean, wall time of
+   every step, training steps done, the plan used, and the load average at start and end (the
+   machine is shared, so the load says how much of the 2 cores the run really had).
+
+Split (fixed, not random): held out ``Brats18_CBICA_AQN_1`` (HGG, the smallest tumour of the 9)
+and ``Brats18_TCIA13_623_1`` (the only LGG); the other 7 (all HGG) train.
+
+    python benchmarks/brats_cpu_20min.py [--minutes 20] [--config 2d|3d] [--epochs auto|tool|N] [-o OUT]
+
+Target (issue #5): whole-tumour Dice >= 0.85 and above a plain MONAI baseline at equal budget (a
+MONAI 2-D U-Net reached WT 0.84 / TC 0.76 / ET 0.59 on other real BraTS 2018 cases; a MONAI 3-D
+U-Net WT 0.81 / TC 0.73 / ET 0.57).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / ".." / "shared" / "data" / "brats2018_deepbrainseg"
+
+#: Held-out cases: one HGG with a small tumour and the only LGG of the folder.
+HELD_OUT: tuple[str, ...] = ("Brats18_CBICA_AQN_1", "Brats18_TCIA13_623_1")
+#: Training cases (pretrain validates on one of them, chosen by ``--val-cases 1``).
+TRAIN: tuple[str, ...] = (
+    "Brats18_2013_11_1", "Brats18_2013_20_1", "Brats18_2013_3_1", "Brats18_CBICA_ABM_1",
+    "Brats18_TCIA01_201_1", "Brats18_TCIA02_135_1", "Brats18_TCIA03_265_1",
+)
+REGIONS = ("WT", "TC", "ET")
+#: MONAI baselines quoted by issue #5 (other real BraTS 2018 cases, equal budget).
+BASELINES = {"MONAI 2-D U-Net": (0.84, 0.76, 0.59), "MONAI 3-D U-Net": (0.81, 0.73, 0.57)}
+DEFAULT_CONFIG = "2d"
+#: Optimiser steps per epoch (pretrain's default, passed explicitly).
+ITERATIONS = 50
+#: Validate every this many epochs (and after the last): a 2-D validation of one whole case costs
+#: about 10 training steps, and with the lr decaying to 0 at the budget's end the last epoch is the
+#: one that matters.
+VAL_EVERY = 2
+
+
+def brainseg_command() -> list[str]:
+    """The ``brainseg`` entry point of this interpreter's environment."""
+    exe = Path(sys.executable).parent / "brainseg"
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which("brainseg")
+    if found is None:
+        sys.exit("error: the brainseg command is not installed in this environment")
+    return [found]
+
+
+def load() -> tuple[float, float, float]:
+    return tuple(round(v, 2) for v in os.getloadavg())  # type: ignore[return-value]
+
+
+def run_step(name: str, args: list[str], logs: Path, steps: list[dict]) -> None:
+    """Run one CLI step, its output into ``logs/<name>.log``; record wall time and load."""
+    cmd = brainseg_command() + args
+    log_path = logs / f"{name}.log"
+    print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(cmd)}", flush=True)
+    load_before = load()
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    seconds = time.perf_counter() - t0
+    steps.append({"step": name, "seconds": seconds, "load_before": load_before[0], "load_after": load()[0],
+                  "command": " ".join(["brainseg"] + args)})
+    print(f"    {seconds:.1f} s, exit {proc.returncode}, log {log_path}", flush=True)
+    if proc.returncode != 0:
+        tail = log_path.read_text().splitlines()[-30:]
+        sys.exit(f"error: step {name} failed (exit {proc.returncode}); last lines of {log_path}:\n" + "\n".join(tail))
+
+
+def link_cases(folder: Path, cases: tuple[str, ...], data: Path) -> Path:
+    """A source folder of the given cases, made of symlinks (the data are read in place, never copied).
+
+    Each case is a real folder holding symlinks to the case's files: ``brainseg convert`` walks the
+    input with ``os.walk`` (symlinked *folders* are not followed), so links to whole case folders
+    would be invisible to it.
+    """
+    for case in cases:
+        source = (data / case).resolve()
+        if not source.is_dir():
+            sys.exit(f"error: case folder {source} is missing")
+        target = folder / case
+        target.mkdir(parents=True, exist_ok=True)
+        for file in sorted(source.iterdir()):
+            if file.is_file() and not (target / file.name).exists():
+                (target / file.name).symlink_to(file)
+    return folder
+
+
+def calibrate_epochs(dataset: Path, *, config: str, minutes: float, iterations: int = ITERATIONS) -> dict:
+    """Size the learning-rate schedule to the budget from a step time measured now, on this machine.
+
+    ``pretrain``'s poly schedule decays over ``epochs x iterations`` steps, and ``--max-time`` only
+    stops the loop: with the default 100 epochs a short CPU run would end at a high learning rate.
+    This plans the dataset as ``pretrain`` will (same fingerprint, same overrides), builds the planned
+    network and times a few SGD steps of its batch (forward, deep-supervision Dice+BCE loss, backward,
+    step) under the current machine load; validation of one case per epoch is estimated as one
+    forward pass per slice (2-D) or per window (3-D), a third of a training step's cost per sample,
+    every ``VAL_EVERY`` epochs.
+
+    Returns:
+        ``{"epochs", "step_seconds", "epoch_seconds", "estimated_val_seconds"}``.
+    """
+    import torch
+
+    from brainseg_cli.data.fingerprint import compute_fingerprint
+    from brainseg_cli.data.layout import load_dataset
+    from brainseg_cli.data.plan import PlanOverrides, make_plan
+    from brainseg_cli.losses import DeepSupervisionLoss, build_loss
+    from brainseg_cli.models import build_model
+
+    info = load_dataset(dataset)
+    plan = make_plan(fingerprint=compute_fingerprint(info), info=info,
+                     overrides=PlanOverrides(config=config, regions="brats"), device="cpu")
+    spec = plan["model"]
+    torch.manual_seed(0)
+    model = build_model(spec["name"], spatial_dims=spec["spatial_dims"], in_channels=spec["in_channels"],
+                        num_classes=spec["num_classes"], **spec["config"])
+    loss_fn = build_loss("dice-ce", activation="sigmoid")
+    if getattr(model, "deep_supervision", False) and getattr(model, "num_outputs", 1) > 1:
+        loss_fn = DeepSupervisionLoss(loss_fn, int(model.num_outputs))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.99, nesterov=True)
+    batch, patch = int(plan["batch_size"]), [int(p) for p in plan["patch_size"]]
+    images = torch.randn(batch, spec["in_channels"], *patch)
+    target = (torch.rand(batch, spec["num_classes"], *patch) > 0.9).float()
+    times = []
+    model.train()
+    for _ in range(4):
+        t0 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(images), target).backward()
+        optimizer.step()
+        times.append(time.perf_counter() - t0)
+    step = sorted(times[1:])[1]  # median of 3 after a warm-up step
+    shape = (plan.get("fingerprint") or {}).get("shape_median") or [155] * 3
+    if plan["config"] == "2d":
+        forwards = float(shape[int(plan.get("slice_axis", 2))]) if isinstance(shape, list) else 155.0
+    else:
+        forwards = 8.0  # windows of a 3-D brain box at 50 % overlap (order of magnitude)
+    val = forwards * step / (3.0 * batch)
+    epoch = iterations * step + val / VAL_EVERY
+    # Rounded up: on a shared machine the load changes during the run; --max-time stops an
+    # over-long schedule (its lr then ends higher), a too-short one would leave the budget unused.
+    return {"epochs": max(1, math.ceil(minutes * 60.0 / epoch)), "step_seconds": step, "epoch_seconds": epoch,
+            "estimated_val_seconds": val}
+
+
+def read_training(run: Path) -> dict:
+    """Plan, epochs, steps and validation Dice of a finished pretrain run folder."""
+    plan = json.loads((run / "plan.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+    train_cfg = config.get("train_config", config)
+    iterations = int(train_cfg.get("iterations_per_epoch", 50))
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    val_cols = [c for c in (rows[0].keys() if rows else []) if c == "val_dice_mean"]
+    best = None
+    if val_cols:
+        scored = [(float(r["val_dice_mean"]), int(r["epoch"])) for r in rows if r.get("val_dice_mean")]
+        best = max(scored) if scored else None
+    return {
+        "config": plan["config"], "model": plan["model"]["name"], "patch": plan["patch_size"],
+        "batch": plan["batch_size"], "spacing": plan["target_spacing"],
+        "base_features": plan["model"]["config"].get("base_features"),
+        "epochs": len(rows), "iterations_per_epoch": iterations,
+        "planned_steps": int(train_cfg.get("epochs", 0)) * iterations, "steps": len(rows) * iterations,
+        "train_seconds": sum(float(r["seconds"]) for r in rows),
+        "data_seconds": sum(float(r.get("data_seconds") or 0) for r in rows),
+        "last_train_loss": float(rows[-1]["train_loss"]) if rows else math.nan,
+        "last_lr": float(rows[-1]["lr"]) if rows else math.nan,
+        "best_val_dice": best[0] if best else math.nan, "best_epoch": best[1] if best else None,
+        "val_cases": config.get("val_cases"), "train_cases": config.get("train_cases"),
+        "decisions": plan.get("decisions", {}),
+    }
+
+
+def read_scores(cases_csv: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """case -> region -> {"dice", "hd95"} from ``brainseg evaluate --csv``."""
+    scores: dict[str, dict[str, dict[str, float]]] = {}
+    with open(cases_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            name = row.get("label") or row.get("structure") or row.get("name")
+            if name not in REGIONS:
+                continue
+            scores.setdefault(row["case"], {})[name] = {"dice": float(row["dice"]), "hd95": float(row["hd95"])}
+    return scores
+
+
+def fmt(v: float, digits: int = 3) -> str:
+    return "nan" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+def write_results(out: Path, *, args: argparse.Namespace, scores: dict, training: dict, steps: list[dict],
+                  load_start: tuple, load_end: tuple, total: float, calibration: dict | None) -> str:
+    cases = sorted(scores)
+    mean = {r: {m: sum(scores[c][r][m] for c in cases) / len(cases) for m in ("dice", "hd95")} for r in REGIONS}
+
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["case"] + [f"{r}_{m}" for m in ("dice", "hd95") for r in REGIONS])
+        for c in cases:
+            w.writerow([c] + [f"{scores[c][r][m]:.4f}" for m in ("dice", "hd95") for r in REGIONS])
+        w.writerow(["mean"] + [f"{mean[r][m]:.4f}" for m in ("dice", "hd95") for r in REGIONS])
+        w.writerow([])
+        w.writerow(["step", "seconds", "load_before", "load_after"])
+        for s in steps:
+            w.writerow([s["step"], f"{s['seconds']:.1f}", s["load_before"], s["load_after"]])
+        w.writerow(["total", f"{total:.1f}", load_start[0], load_end[0]])
+        w.writerow(["training_steps", training["steps"]])
+
+    t = training
+    lines = [
+        f"# BraTS 2018, {args.minutes:g}-minute CPU budget ({t['config']})",
+        "",
+        f"Trained on {len(TRAIN)} cases ({', '.join(TRAIN)}); validation case(s) inside them: "
+        f"{', '.join(t['val_cases'] or [])}. Held out: {', '.join(HELD_OUT)}.",
+        "",
+        f"Plan: {t['config']} {t['model']} (base features {t['base_features']}), patch "
+        f"{'x'.join(map(str, t['patch']))}, batch {t['batch']}, spacing {'x'.join(f'{s:g}' for s in t['spacing'])} mm, "
+        f"region-based WT/TC/ET (sigmoid), {t['epochs']} epochs x {t['iterations_per_epoch']} = "
+        f"**{t['steps']} training steps** ({t['train_seconds'] / max(t['steps'], 1):.2f} s/step incl. validation; "
+        f"data waits {t['data_seconds']:.0f} s); final lr {t['last_lr']:.2e}; best validation Dice "
+        f"{fmt(t['best_val_dice'])} at epoch {t['best_epoch']}.",
+        "",
+        ("Schedule: --epochs " + (f"{calibration['epochs']} (auto: {calibration['step_seconds']:.2f} s/step measured "
+                                   f"before training, epoch estimated at {calibration['epoch_seconds']:.0f} s)"
+                                   if calibration else f"{args.epochs}")
+         + f"; SGD + poly lr over {t['planned_steps']} steps; --max-time {args.minutes:g} stops the loop before an "
+           "epoch that would not fit."),
+        "",
+        "| case | WT Dice | TC Dice | ET Dice | WT HD95 | TC HD95 | ET HD95 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in cases:
+        lines.append(f"| {c} | " + " | ".join(fmt(scores[c][r]["dice"]) for r in REGIONS) + " | "
+                     + " | ".join(fmt(scores[c][r]["hd95"], 1) for r in REGIONS) + " |")
+    lines.append("| **mean** | " + " | ".join(f"**{fmt(mean[r]['dice'])}**" for r in REGIONS) + " | "
+                 + " | ".join(fmt(mean[r]["hd95"], 1) for r in REGIONS) + " |")
+    for name, (wt, tc, et) in BASELINES.items():
+        lines.append(f"| {name} (issue #5, other cases) | {wt:.2f} | {tc:.2f} | {et:.2f} | | | |")
+    lines += [
+        "",
+        "HD95 in mm (`max` definition, MONAI's); BraTS empty policy (an empty prediction of a non-empty "
+        "region scores Dice 0, HD95 = image diagonal).",
+        "",
+        "| step | wall time (s) | load before | load after |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {s['step']} | {s['seconds']:.1f} | {s['load_before']} | {s['load_after']} |" for s in steps]
+    lines += [
+        f"| **total** | **{total:.1f}** | {load_start[0]} | {load_end[0]} |",
+        "",
+        f"Load average (1, 5, 15 min) at start {load_start}, at end {load_end}, on {os.cpu_count()} cores "
+        f"({platform.processor() or platform.machine()}; shared with other work).",
+        "",
+        "Commands:",
+        "",
+        "```",
+        *[s["command"] for s in steps],
+        "```",
+        "",
+    ]
+    text = "\n".join(lines)
+    (out / "results.md").write_text(text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=20.0, help="training budget (pretrain --max-time)")
+    parser.add_argument("--config", choices=("2d", "3d"), default=DEFAULT_CONFIG,
+                        help=f"2-D or 3-D network (default {DEFAULT_CONFIG})")
+    parser.add_argument("-o", "--output", type=Path, default=None, help="output folder (default: a new temp folder)")
+    parser.add_argument("--data", type=Path, default=DATA, help="the brats2018_deepbrainseg folder")
+    parser.add_argument("--epochs", default="auto",
+                        help="pretrain --epochs: sets the length of the lr schedule; 'auto' (default) sizes it "
+                             "to --minutes from a step time measured before training; 'tool' keeps pretrain's")
+    args = parser.parse_args()
+
+    out = args.output or Path(tempfile.mkdtemp(prefix="brats_cpu_"))
+    out.mkdir(parents=True, exist_ok=True)
+    out = out.resolve()
+    if any(out.iterdir()):
+        sys.exit(f"error: output folder {out} is not empty")
+    print(f"output folder: {out}", flush=True)
+    print(f"training cases: {', '.join(TRAIN)}\nheld-out cases: {', '.join(HELD_OUT)}", flush=True)
+    logs = out / "logs"
+    logs.mkdir()
+
+    load_start = load()
+    t_start = time.perf_counter()
+    steps: list[dict] = []
+
+    train_src = link_cases(out / "source_train", TRAIN, args.data)
+    test_src = link_cases(out / "source_heldout", HELD_OUT, args.data)
+    run_step("convert_train", ["convert", "brats", str(train_src), str(out / "brats18_train"), "--name", "brats18_train"],
+             logs, steps)
+    run_step("convert_heldout", ["convert", "brats", str(test_src), str(out / "brats18_heldout"),
+                                 "--name", "brats18_heldout"], logs, steps)
+
+    pretrain = ["pretrain", str(out / "brats18_train"), "-o", str(out / "run"), "--regions", "brats",
+                "--config", args.config, "--max-time", f"{args.minutes:g}", "--val-cases", "1", "--device", "cpu",
+                "--iterations", str(ITERATIONS), "--val-every", str(VAL_EVERY)]
+    calibration = None
+    if args.epochs == "auto":
+        t0 = time.perf_counter()
+        load_before = load()[0]
+        calibration = calibrate_epochs(out / "brats18_train", config=args.config, minutes=args.minutes)
+        seconds = time.perf_counter() - t0
+        steps.append({"step": "calibrate", "seconds": seconds, "load_before": load_before, "load_after": load()[0],
+                      "command": f"(in-process) step time {calibration['step_seconds']:.2f} s -> "
+                                 f"--epochs {calibration['epochs']}"})
+        print(f"    calibration: {calibration['step_seconds']:.2f} s/step, epoch ~{calibration['epoch_seconds']:.0f} s "
+              f"-> --epochs {calibration['epochs']} ({seconds:.1f} s)", flush=True)
+        pretrain += ["--epochs", str(calibration["epochs"])]
+    elif args.epochs != "tool":
+        pretrain += ["--epochs", str(int(args.epochs))]
+    run_step("pretrain", pretrain, logs, steps)
+    run_step("predict", ["predict", "--model", str(out / "run" / "best.pt"), "--input",
+                         str(out / "brats18_heldout" / "imagesTr"), "--output", str(out / "predictions"),
+                         "--device", "cpu"], logs, steps)
+    run_step("evaluate", ["evaluate", "--ref", str(out / "brats18_heldout"), "--pred", str(out / "predictions"),
+                          "--regions", "brats", "--metrics", "dice", "hd95", "-o", str(out / "evaluation.json"),
+                          "--csv", str(out / "evaluation_cases.csv")], logs, steps)
+    total = time.perf_counter() - t_start
+    load_end = load()
+
+    training = read_training(out / "run")
+    scores = read_scores(out / "evaluation_cases.csv")
+    missing = [c for c in HELD_OUT if set(scores.get(c, {})) != set(REGIONS)]
+    if missing:
+        sys.exit(f"error: evaluation_cases.csv lacks WT/TC/ET rows for {', '.join(missing)}")
+    text = write_results(out, args=args, scores=scores, training=training, steps=steps, load_start=load_start,
+                         load_end=load_end, total=total, calibration=calibration)
+    print()
+    print(text)
+    print(f"results: {out / 'results.md'}, {out / 'results.csv'}")
+
+
+if __name__ == "__main__":
+    main()
