@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from brainseg_cli.errors import InputError
-from brainseg_cli.viz.plots import figure_png, new_figure
+from brainseg_cli.viz.plots import figure_png, new_figure, write_pngs
 
 logger = logging.getLogger(__name__)
 
@@ -201,14 +201,6 @@ def write_curves(*, run_dir: Path, out_dir: Path) -> list[Path]:
     Returns:
         The written paths.
     """
-    from brainseg_cli.io import atomic_write
-
-    figures = curve_figures(read_training_log(run_dir))
-    written = []
-    for name, png in figures.items():
-        path = Path(out_dir) / name
-        with atomic_write(path) as tmp:
-            tmp.write_bytes(png)
-        written.append(path)
+    written = write_pngs(curve_figures(read_training_log(run_dir)), out_dir)
     logger.info("wrote %d training curve(s) to %s", len(written), out_dir)
     return written

@@ -271,14 +271,19 @@ def write_metric_plots(*, results_json: Path, out_dir: Path) -> list[Path]:
     Returns:
         The written paths.
     """
+    written = write_pngs(metric_figures(load_results(results_json)), out_dir)
+    logger.info("wrote %d metric plot(s) to %s", len(written), out_dir)
+    return written
+
+
+def write_pngs(figures: dict[str, bytes], out_dir: str | Path) -> list[Path]:
+    """Write ``{file name: PNG bytes}`` into ``out_dir``, each file atomically; return the paths."""
     from brainseg_cli.io import atomic_write
 
-    figures = metric_figures(load_results(results_json))
     written = []
     for name, png in figures.items():
         path = Path(out_dir) / name
         with atomic_write(path) as tmp:
             tmp.write_bytes(png)
         written.append(path)
-    logger.info("wrote %d metric plot(s) to %s", len(written), out_dir)
     return written
