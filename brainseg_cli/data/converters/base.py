@@ -159,8 +159,18 @@ def is_hidden(name: str) -> bool:
 
 
 def walk_files(root: Path) -> Iterator[Path]:
-    """Every non-hidden file under ``root`` (hidden folders are not entered), in sorted order."""
-    for folder, dirs, files in os.walk(root):
+    """Every non-hidden file under ``root`` (hidden folders are not entered), in sorted order.
+
+    Symbolic links to folders are followed (a selection of cases is often a folder of links), each
+    real folder at most once, so a link cycle cannot loop.
+    """
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs[:] = sorted(d for d in dirs if not is_hidden(d))
         for name in sorted(files):
             if not is_hidden(name):

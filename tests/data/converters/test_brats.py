@@ -142,3 +142,17 @@ def test_no_brats_files(tmp_path: Path) -> None:
     (tmp_path / "x.nii.gz").write_bytes(b"")
     with pytest.raises(InputError, match="no BraTS files found.*use source 'nifti'"):
         discover(tmp_path, SourceOptions())
+
+
+def test_folder_of_links_to_case_folders_converts(tmp_path: Path) -> None:
+    """A selection of cases is often a folder of symbolic links to case folders; a link cycle must not loop."""
+    names, label, src, canonical, ending = GENERATIONS["2017-2021"]
+    _write_case(tmp_path / "all" / "P", names, label, src, ending=ending)
+    selection = tmp_path / "selection"
+    selection.mkdir()
+    (selection / "P").symlink_to(tmp_path / "all" / "P", target_is_directory=True)
+    (selection / "P" / "loop").symlink_to(selection, target_is_directory=True)  # cycle inside the source
+    summary = convert_dataset(config=ConvertConfig(source="brats", input=selection, output=tmp_path / "out"))
+    assert load_dataset(tmp_path / "out").training_cases == ("P",)
+    np.testing.assert_array_equal(read_case(load_dataset(tmp_path / "out"), "P")[1].array, source_labels(canonical))
+    assert summary.dataset_json.is_file()
