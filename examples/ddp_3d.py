@@ -37,28 +37,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from _tables import write_tables  # noqa: E402 - examples/_tables.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "msd_task01_from_brats2018" / "Task01_BrainTumour"
 
 PROTOCOL = "Data-parallel 3-D training (torchrun, 2 processes vs 1)"
 TOLERANCE = 1e-3
-
-
-def write_tables(out: Path, rows: list[dict], *, title: str, notes: list[str]) -> None:
-    """``results.csv`` (the rows) and ``results.md`` (protocol notes and the same table)."""
-    columns = list(rows[0])
-    with open(out / "results.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-    def cell(v):
-        return f"{v:.6g}" if isinstance(v, float) else str(v)
-
-    lines = [f"# {title}", "", *notes, "", "| " + " | ".join(columns) + " |",
-             "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in rows]
-    (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def budget(quick: bool) -> tuple[int, int, int, int, int]:
@@ -191,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                      + ", ".join(f"{n}: {s / speeds[0]:.2f}x" for n, s in zip(counts, speeds)) + ").")
     else:
         notes.append(f"Scaling figure: not produced ({gpus} CUDA device(s) here; it needs at least 2).")
-    write_tables(out, rows, title=f"{PROTOCOL}", notes=notes)
+    write_tables(out, rows, title=f"{PROTOCOL}", notes=notes, float_format=".6g")
     print((out / "results.md").read_text())
     return 0 if matches or args.model != "unet" else 1
 

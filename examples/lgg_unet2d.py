@@ -33,7 +33,6 @@ bounding box, pad-to-square and resize-to-256 (written as a new kaggle_3m-layout
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import math
 import sys
@@ -42,6 +41,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from _tables import write_tables  # noqa: E402 - examples/_tables.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "lgg_kaggle3m_from_brats2018" / "kaggle_3m"
@@ -165,21 +166,6 @@ def train(dataset: Path, run_dir: Path, *, size: int, base_filters: int, batch: 
 
 
 # ------------------------------------------------------------------------------------------ tables
-def write_tables(out: Path, rows: list[dict], *, title: str, notes: list[str]) -> None:
-    """``results.csv`` (the rows) and ``results.md`` (protocol notes and the same table)."""
-    columns = list(rows[0])
-    with open(out / "results.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-    def cell(v):
-        return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-    lines = [f"# {title}", "", *notes, "", "| " + " | ".join(columns) + " |",
-             "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in rows]
-    (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:

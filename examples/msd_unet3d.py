@@ -27,7 +27,6 @@ Runs on ``../shared/data/msd_task01_from_brats2018/Task01_BrainTumour`` by defau
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import sys
 import tempfile
@@ -36,28 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
+from _tables import write_tables  # noqa: E402 - examples/_tables.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "msd_task01_from_brats2018" / "Task01_BrainTumour"
 
 PROTOCOL = "3-D U-Net on Decathlon-style BraTS (MSD Task01)"
 METRICS = ("dice", "sensitivity", "specificity")
-
-
-def write_tables(out: Path, rows: list[dict], *, title: str, notes: list[str]) -> None:
-    """``results.csv`` (the rows) and ``results.md`` (protocol notes and the same table)."""
-    columns = list(rows[0])
-    with open(out / "results.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-    def cell(v):
-        return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-    lines = [f"# {title}", "", *notes, "", "| " + " | ".join(columns) + " |",
-             "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in rows]
-    (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
