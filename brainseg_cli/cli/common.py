@@ -58,13 +58,10 @@ def configure(*, verbose: bool, quiet: bool, debug: bool, threads: int | None) -
 def apply_threads() -> None:
     """Apply ``--threads`` to torch and SimpleITK (called by commands after their heavy imports)."""
     n = OPTIONS.threads or os.cpu_count() or 1
-    try:
-        import torch
-
-        torch.set_num_threads(n)
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        pass
     import SimpleITK as sitk
+    import torch
+
+    torch.set_num_threads(n)
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
 
