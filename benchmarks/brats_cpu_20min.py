@@ -7,9 +7,9 @@ BraTS 2018 cases of ``../shared/data/brats2018_deepbrainseg`` (read in place, ne
    symlinks to the files), and again on one of the 2 held-out cases (a second dataset);
 2. ``brainseg pretrain`` on the 7 (one of them validates, ``--val-cases 1``), region-based
    (``--regions brats``: sigmoid WT/TC/ET outputs, as nnU-Net trains BraTS), with the plan the
-   tool makes for a CPU, for ``--max-time MINUTES``. ``--epochs`` sizes the poly learning-rate
-   schedule to the budget (``auto``: from a step time measured just before training, rounded up;
-   the loop's time guard stops an over-long schedule), validation every 2 epochs and after the last;
+   tool makes for a CPU, for ``--max-time MINUTES``. ``--epochs`` is only an upper bound: with a
+   time budget the poly learning-rate schedule follows the clock (it is re-aimed after every epoch
+   at the steps the budget still allows), validation every 2 epochs and after the last;
 3. ``brainseg predict`` the held-out dataset's ``imagesTr`` with ``best.pt``;
 4. ``brainseg evaluate --regions brats --metrics dice hd95`` against the held-out labels;
 5. ``results.md`` / ``results.csv`` in OUT: WT/TC/ET Dice and HD95 per case and mean, wall time of
@@ -19,7 +19,7 @@ BraTS 2018 cases of ``../shared/data/brats2018_deepbrainseg`` (read in place, ne
 Split (fixed, not random): held out ``Brats18_CBICA_AQN_1`` (HGG, the smallest tumour of the 9)
 and ``Brats18_TCIA13_623_1`` (the only LGG); the other 7 (all HGG) train.
 
-    python benchmarks/brats_cpu_20min.py [--minutes 20] [--config 2d|3d] [--epochs auto|tool|N] [-o OUT]
+    python benchmarks/brats_cpu_20min.py [--minutes 20] [--config 2d|3d] [--epochs N] [-o OUT]
 
 Target (issue #5): whole-tumour Dice >= 0.85 and above a plain MONAI baseline at equal budget (a
 MONAI 2-D U-Net reached WT 0.84 / TC 0.76 / ET 0.59 on other real BraTS 2018 cases; a MONAI 3-D
@@ -61,6 +61,8 @@ ITERATIONS = 50
 #: about 10 training steps, and with the lr decaying to 0 at the budget's end the last epoch is the
 #: one that matters.
 VAL_EVERY = 2
+#: ``--epochs`` default: more than a CPU fits in the budget, so the clock ends the run.
+MAX_EPOCHS = 1000
 
 
 def brainseg_command() -> list[str]:
@@ -117,64 +119,6 @@ def link_cases(folder: Path, cases: tuple[str, ...], data: Path) -> Path:
     return folder
 
 
-def calibrate_epochs(dataset: Path, *, config: str, minutes: float, iterations: int = ITERATIONS) -> dict:
-    """Size the learning-rate schedule to the budget from a step time measured now, on this machine.
-
-    ``pretrain``'s poly schedule decays over ``epochs x iterations`` steps, and ``--max-time`` only
-    stops the loop: with the default 100 epochs a short CPU run would end at a high learning rate.
-    This plans the dataset as ``pretrain`` will (same fingerprint, same overrides), builds the planned
-    network and times a few SGD steps of its batch (forward, deep-supervision Dice+BCE loss, backward,
-    step) under the current machine load; validation of one case per epoch is estimated as one
-    forward pass per slice (2-D) or per window (3-D), a third of a training step's cost per sample,
-    every ``VAL_EVERY`` epochs.
-
-    Returns:
-        ``{"epochs", "step_seconds", "epoch_seconds", "estimated_val_seconds"}``.
-    """
-    import torch
-
-    from brainseg_cli.data.fingerprint import compute_fingerprint
-    from brainseg_cli.data.layout import load_dataset
-    from brainseg_cli.data.plan import PlanOverrides, make_plan
-    from brainseg_cli.losses import DeepSupervisionLoss, build_loss
-    from brainseg_cli.models import build_model
-
-    info = load_dataset(dataset)
-    plan = make_plan(fingerprint=compute_fingerprint(info), info=info,
-                     overrides=PlanOverrides(config=config, regions="brats"), device="cpu")
-    spec = plan["model"]
-    torch.manual_seed(0)
-    model = build_model(spec["name"], spatial_dims=spec["spatial_dims"], in_channels=spec["in_channels"],
-                        num_classes=spec["num_classes"], **spec["config"])
-    loss_fn = build_loss("dice-ce", activation="sigmoid")
-    if getattr(model, "deep_supervision", False) and getattr(model, "num_outputs", 1) > 1:
-        loss_fn = DeepSupervisionLoss(loss_fn, int(model.num_outputs))
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.99, nesterov=True)
-    batch, patch = int(plan["batch_size"]), [int(p) for p in plan["patch_size"]]
-    images = torch.randn(batch, spec["in_channels"], *patch)
-    target = (torch.rand(batch, spec["num_classes"], *patch) > 0.9).float()
-    times = []
-    model.train()
-    for _ in range(4):
-        t0 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss_fn(model(images), target).backward()
-        optimizer.step()
-        times.append(time.perf_counter() - t0)
-    step = sorted(times[1:])[1]  # median of 3 after a warm-up step
-    shape = (plan.get("fingerprint") or {}).get("shape_median") or [155] * 3
-    if plan["config"] == "2d":
-        forwards = float(shape[int(plan.get("slice_axis", 2))]) if isinstance(shape, list) else 155.0
-    else:
-        forwards = 8.0  # windows of a 3-D brain box at 50 % overlap (order of magnitude)
-    val = forwards * step / (3.0 * batch)
-    epoch = iterations * step + val / VAL_EVERY
-    # Rounded up: on a shared machine the load changes during the run; --max-time stops an
-    # over-long schedule (its lr then ends higher), a too-short one would leave the budget unused.
-    return {"epochs": max(1, math.ceil(minutes * 60.0 / epoch)), "step_seconds": step, "epoch_seconds": epoch,
-            "estimated_val_seconds": val}
-
-
 def read_training(run: Path) -> dict:
     """Plan, epochs, steps and validation Dice of a finished pretrain run folder."""
     plan = json.loads((run / "plan.json").read_text())
@@ -221,7 +165,7 @@ def fmt(v: float, digits: int = 3) -> str:
 
 
 def write_results(out: Path, *, args: argparse.Namespace, scores: dict, training: dict, steps: list[dict],
-                  load_start: tuple, load_end: tuple, total: float, calibration: dict | None) -> str:
+                  load_start: tuple, load_end: tuple, total: float) -> str:
     cases = sorted(scores)
     mean = {r: {m: sum(scores[c][r][m] for c in cases) / len(cases) for m in ("dice", "hd95")} for r in REGIONS}
 
@@ -252,11 +196,9 @@ def write_results(out: Path, *, args: argparse.Namespace, scores: dict, training
         f"data waits {t['data_seconds']:.0f} s); final lr {t['last_lr']:.2e}; best validation Dice "
         f"{fmt(t['best_val_dice'])} at epoch {t['best_epoch']}.",
         "",
-        ("Schedule: --epochs " + (f"{calibration['epochs']} (auto: {calibration['step_seconds']:.2f} s/step measured "
-                                   f"before training, epoch estimated at {calibration['epoch_seconds']:.0f} s)"
-                                   if calibration else f"{args.epochs}")
-         + f"; SGD + poly lr over {t['planned_steps']} steps; --max-time {args.minutes:g} stops the loop before an "
-           "epoch that would not fit."),
+        (f"Schedule: SGD + poly lr following the clock (--max-time {args.minutes:g}: re-aimed after every epoch at "
+         f"the steps that still fit; --epochs {args.epochs} is only an upper bound of {t['planned_steps']} steps); "
+         "the loop stops before an epoch that would not fit."),
         "",
         "| case | WT Dice | TC Dice | ET Dice | WT HD95 | TC HD95 | ET HD95 |",
         "|---|---|---|---|---|---|---|",
@@ -302,9 +244,9 @@ def main() -> None:
                         help=f"2-D or 3-D network (default {DEFAULT_CONFIG})")
     parser.add_argument("-o", "--output", type=Path, default=None, help="output folder (default: a new temp folder)")
     parser.add_argument("--data", type=Path, default=DATA, help="the brats2018_deepbrainseg folder")
-    parser.add_argument("--epochs", default="auto",
-                        help="pretrain --epochs: sets the length of the lr schedule; 'auto' (default) sizes it "
-                             "to --minutes from a step time measured before training; 'tool' keeps pretrain's")
+    parser.add_argument("--epochs", type=int, default=MAX_EPOCHS,
+                        help=f"pretrain --epochs, an upper bound (default {MAX_EPOCHS}): the learning-rate "
+                             "schedule follows --minutes")
     args = parser.parse_args()
 
     out = args.output or Path(tempfile.mkdtemp(prefix="brats_cpu_"))
@@ -331,20 +273,7 @@ def main() -> None:
     pretrain = ["pretrain", str(out / "brats18_train"), "-o", str(out / "run"), "--regions", "brats",
                 "--config", args.config, "--max-time", f"{args.minutes:g}", "--val-cases", "1", "--device", "cpu",
                 "--iterations", str(ITERATIONS), "--val-every", str(VAL_EVERY)]
-    calibration = None
-    if args.epochs == "auto":
-        t0 = time.perf_counter()
-        load_before = load()[0]
-        calibration = calibrate_epochs(out / "brats18_train", config=args.config, minutes=args.minutes)
-        seconds = time.perf_counter() - t0
-        steps.append({"step": "calibrate", "seconds": seconds, "load_before": load_before, "load_after": load()[0],
-                      "command": f"(in-process) step time {calibration['step_seconds']:.2f} s -> "
-                                 f"--epochs {calibration['epochs']}"})
-        print(f"    calibration: {calibration['step_seconds']:.2f} s/step, epoch ~{calibration['epoch_seconds']:.0f} s "
-              f"-> --epochs {calibration['epochs']} ({seconds:.1f} s)", flush=True)
-        pretrain += ["--epochs", str(calibration["epochs"])]
-    elif args.epochs != "tool":
-        pretrain += ["--epochs", str(int(args.epochs))]
+    pretrain += ["--epochs", str(args.epochs)]
     run_step("pretrain", pretrain, logs, steps)
     run_step("predict", ["predict", "--model", str(out / "run" / "best.pt"), "--input",
                          str(out / "brats18_heldout" / "imagesTr"), "--output", str(out / "predictions"),
@@ -361,7 +290,7 @@ def main() -> None:
     if missing:
         sys.exit(f"error: evaluation_cases.csv lacks WT/TC/ET rows for {', '.join(missing)}")
     text = write_results(out, args=args, scores=scores, training=training, steps=steps, load_start=load_start,
-                         load_end=load_end, total=total, calibration=calibration)
+                         load_end=load_end, total=total)
     print()
     print(text)
     print(f"results: {out / 'results.md'}, {out / 'results.csv'}")

@@ -22,14 +22,16 @@ it replays the remaining epochs exactly (bit-identical weights with ``--determin
 **Stopping.** After ``epochs`` epochs; earlier when the mean validation Dice has not improved for
 ``patience`` epochs; or when the wall-clock budget ``max_time_min`` would be exceeded by another
 epoch (estimated from the mean epoch time so far), in which case the epoch that just ended is
-validated and becomes the last.
+validated and becomes the last. With a budget the learning-rate schedule follows the clock: after
+every epoch it is re-aimed at the steps the budget still allows (:class:`StepSchedule`), so a
+time-limited run ends at the schedule's final rate whatever ``epochs`` says.
 
 **Post-processing decision** at the end: keep-largest-component per label, decided on the best
 epoch's validation predictions (:func:`brainseg_cli.training.validation.decide_postprocessing`) and
 stored in ``best.pt`` and ``last.pt``.
 
 Run folder: ``best.pt``, ``last.pt``, ``metrics.csv``, ``config.json`` (the resolved config),
-``tensorboard/`` (when the ``tensorboard`` package is installed), plus what the caller writes
+``tensorboard/`` (event files with the same numbers), plus what the caller writes
 (``plan.json`` for ``pretrain``).
 """
 
@@ -151,6 +153,14 @@ class TrainResult:
 class StepSchedule:
     """Per-iteration learning-rate schedule (see :mod:`brainseg_cli.training.optim`).
 
+    The rate is ``initial_lr * f(p)`` with ``f`` the schedule's factor and ``p`` in [0, 1] the
+    progress through the schedule. Without a time budget ``p = step / total_steps``. With one
+    (``--max-time``), :meth:`retarget` is told after every epoch how many more steps the budget
+    still allows, and every later step moves ``p`` an equal share of the way that is left, so the
+    rate reaches its end value (0 for ``poly``) when the time runs out rather than after
+    ``total_steps`` (``p`` never falls behind ``step / total_steps``, so an ``--epochs`` limit
+    that comes first still ends the schedule).
+
     Each parameter group's initial rate is remembered under ``"initial_lr"`` the first time the
     schedule sees it, so groups added later by a hook are scheduled from their own initial rate.
     """
@@ -164,11 +174,13 @@ class StepSchedule:
         self.name = name
         self.total_steps = total_steps
         self.step_count = 0
+        self.progress = 0.0
+        self.remaining: int | None = None
         self.apply()
 
     def factor(self) -> float:
         """The current multiplier of the initial rates."""
-        return SCHEDULE_FACTORS[self.name](self.step_count, self.total_steps)
+        return SCHEDULE_FACTORS[self.name](self.progress, 1.0)
 
     def apply(self) -> None:
         """Set every group's ``lr`` for the current step."""
@@ -177,24 +189,56 @@ class StepSchedule:
             group.setdefault("initial_lr", group["lr"])
             group["lr"] = group["initial_lr"] * f
 
+    def retarget(self, remaining_steps: int | None) -> None:
+        """End the schedule after ``remaining_steps`` more steps (None: after ``total_steps``)."""
+        self.remaining = None if remaining_steps is None else max(0, int(remaining_steps))
+
     def step(self) -> None:
         """Advance one optimiser step."""
         self.step_count += 1
+        by_steps = min(1.0, self.step_count / self.total_steps)
+        if self.remaining is None:
+            self.progress = by_steps
+        else:
+            share = 1.0 if self.remaining <= 1 else 1.0 / self.remaining
+            self.progress = max(by_steps, min(1.0, self.progress + (1.0 - self.progress) * share))
+            self.remaining = max(0, self.remaining - 1)
         self.apply()
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"name", "total_steps", "step"}``."""
-        return {"name": self.name, "total_steps": self.total_steps, "step": self.step_count}
+        """``{"name", "total_steps", "step", "progress", "remaining"}``."""
+        return {"name": self.name, "total_steps": self.total_steps, "step": self.step_count,
+                "progress": self.progress, "remaining": self.remaining}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore the step count (the name and total must match this run's)."""
+        """Restore the step count and progress (the name and total must match this run's)."""
         if state.get("name") != self.name or state.get("total_steps") != self.total_steps:
             raise ConfigError(
                 f"the saved schedule ({state.get('name')}, {state.get('total_steps')} steps) differs from this run's "
                 f"({self.name}, {self.total_steps} steps)"
             )
         self.step_count = int(state["step"])
+        self.progress = float(state.get("progress", min(1.0, self.step_count / self.total_steps)))
+        remaining = state.get("remaining")
+        self.remaining = None if remaining is None else int(remaining)
         self.apply()
+
+
+def steps_left_in_budget(*, budget_seconds: float, elapsed: float, epoch_seconds: Sequence[float],
+                         iterations: int, val_every: int) -> int:
+    """Optimiser steps that still fit a wall-clock budget, in whole epochs.
+
+    An epoch is estimated as the mean of the recent epochs, over a window long enough to hold
+    validated and unvalidated epochs in their proportion (``max(5, 2 * val_every)``), so the
+    estimate agrees with the loop's stopping rule.
+    """
+    if not epoch_seconds:
+        return 0
+    window = list(epoch_seconds[-max(5, 2 * val_every):])
+    per_epoch = float(np.mean(window))
+    if per_epoch <= 0:
+        return 0
+    return int(max(0.0, budget_seconds - elapsed) // per_epoch) * iterations
 
 
 def local_sample_indices(batch_size: int, ctx: D.DistContext) -> list[int]:
@@ -429,6 +473,7 @@ def fit(
     runtime = resolve_runtime(config, local_rank=ctx.local_rank if ctx.distributed else None)
     for note in runtime.notes:
         logger.warning(note)
+    logger.info("training on %s, precision %s (--precision %s)", runtime.device, runtime.precision, config.precision)
     device = torch.device(runtime.device)
     set_determinism(config.deterministic)
 
@@ -482,7 +527,8 @@ def fit(
     metrics = MetricsLog(run_dir, list(entities), enabled=ctx.is_main)
     if resume_from is not None:
         metrics.load_until(start_epoch - 1)
-    tensorboard = TensorBoardLog(run_dir / "tensorboard", enabled=ctx.is_main)
+    tensorboard = TensorBoardLog(run_dir / "tensorboard", enabled=ctx.is_main,
+                                 purge_step=start_epoch if resume_from is not None else None)
     if ctx.is_main:
         write_config_json(run_dir, config, runtime, {
             "optimizer": settings, "train_cases": list(train_cases), "val_cases": list(val_cases),
@@ -673,13 +719,21 @@ def fit(
                                                         val=val.mean_per_entity if val is not None else {}))
 
             stop = None
+            horizon = None
             if ctx.is_main:
+                if config.max_time_min is not None:
+                    horizon = steps_left_in_budget(budget_seconds=config.max_time_min * 60.0, elapsed=state.elapsed,
+                                                   epoch_seconds=state.epoch_seconds,
+                                                   iterations=config.iterations_per_epoch,
+                                                   val_every=config.val_every)
                 if decision["out_of_time"] and epoch + 1 < config.epochs:
                     stop = "max_time"
                 elif (config.patience is not None and decision["do_val"] and state.best_epoch >= 0
                       and epoch - state.best_epoch >= config.patience and epoch + 1 < config.epochs):
                     stop = "patience"
-            stop = D.broadcast_object(stop, ctx)
+            stop, horizon = D.broadcast_object((stop, horizon), ctx)
+            if horizon is not None:
+                schedule.retarget(horizon)
             if stop is not None:
                 stop_reason = stop
                 logger.info("stopping after epoch %d: %s", epoch,

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from brainseg_cli.errors import ConfigError
-from brainseg_cli.training.fit import StepSchedule
+from brainseg_cli.training.fit import StepSchedule, steps_left_in_budget
 from brainseg_cli.training.optim import build_optimizer, cosine_factor, poly_factor, resolved_optimizer_settings
 
 
@@ -62,3 +62,38 @@ def test_step_schedule_is_per_iteration_and_covers_added_groups():
     with pytest.raises(ConfigError, match=r"saved schedule \(poly, 10 steps\) differs from this run's \(cosine, 10 steps\)"):
         StepSchedule(opt, name="cosine", total_steps=10).load_state_dict(state)
     assert not math.isnan(opt.param_groups[0]["lr"])
+
+
+def test_schedule_follows_a_time_budget():
+    # 1000 planned steps, but after 10 the budget allows only 20 more: poly ends at 0 after 30.
+    opt = build_optimizer(nn.Linear(2, 2).parameters(), name="sgd", lr=0.1)
+    schedule = StepSchedule(opt, name="poly", total_steps=1000)
+    for _ in range(10):
+        schedule.step()
+    assert schedule.progress == pytest.approx(0.01)
+    schedule.retarget(20)
+    lrs = []
+    for _ in range(20):
+        schedule.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] == 0.0 and lrs[-2] > 0.0
+    # It never lags the step count: an --epochs limit that comes first still ends the schedule.
+    late = StepSchedule(build_optimizer(nn.Linear(2, 2).parameters(), name="sgd", lr=0.1), name="cosine", total_steps=10)
+    late.retarget(10_000)
+    for _ in range(10):
+        late.step()
+    assert late.progress == 1.0 and late.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    # Its state survives a resume, and an old state without progress reads as step / total.
+    again = StepSchedule(build_optimizer(nn.Linear(2, 2).parameters(), name="sgd", lr=0.1), name="poly", total_steps=1000)
+    again.load_state_dict({**schedule.state_dict()})
+    assert (again.progress, again.remaining) == (schedule.progress, schedule.remaining) == (1.0, 0)
+    again.load_state_dict({"name": "poly", "total_steps": 1000, "step": 250})
+    assert again.progress == 0.25 and again.remaining is None
+
+
+def test_steps_left_in_budget():
+    # Epochs of 10 s and 14 s (validated every 2nd): 12 s on average; 50 s left fit 4 epochs.
+    assert steps_left_in_budget(budget_seconds=100, elapsed=50, epoch_seconds=[10, 14] * 3, iterations=5,
+                                val_every=2) == 20
+    assert steps_left_in_budget(budget_seconds=100, elapsed=120, epoch_seconds=[10], iterations=5, val_every=1) == 0
+    assert steps_left_in_budget(budget_seconds=100, elapsed=0, epoch_seconds=[], iterations=5, val_every=1) == 0
