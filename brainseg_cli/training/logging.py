@@ -11,16 +11,16 @@ spent waiting for training batches, ``lr`` the learning rate of the first parame
 end of the epoch. The file is rewritten atomically after every epoch, so a crash never leaves a
 half-written row; on ``--resume`` the rows after the resumed epoch are dropped.
 
-TensorBoard event files (``RUN_DIR/tensorboard``) are written through
-:mod:`torch.utils.tensorboard` when the ``tensorboard`` package is installed; otherwise that part
-is skipped with one log line.
+TensorBoard event files (``RUN_DIR/tensorboard``) carry the same numbers, written through
+:mod:`torch.utils.tensorboard` (tags ``train/loss``, ``val/dice_<name>``, ``lr``, ...; step =
+epoch). A resumed run marks its first epoch as a purge step, so TensorBoard drops the events that
+the interrupted run wrote for the epochs that run again.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,8 +28,6 @@ from typing import Any
 
 from brainseg_cli.errors import InputError
 from brainseg_cli.io.atomic import atomic_write
-
-logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.csv"
 
@@ -96,24 +94,22 @@ class MetricsLog:
 
 
 class TensorBoardLog:
-    """Scalars to TensorBoard event files, when the ``tensorboard`` package is installed.
+    """Scalars to TensorBoard event files.
 
     Args:
         log_dir: the event-file folder (``RUN_DIR/tensorboard``).
-        enabled: False on non-zero DDP ranks.
+        enabled: False on non-zero DDP ranks (nothing is written).
+        purge_step: on ``--resume``, the first epoch that runs again: TensorBoard discards the
+            events an earlier file holds from this step on.
     """
 
-    def __init__(self, log_dir: Path, *, enabled: bool = True) -> None:
+    def __init__(self, log_dir: Path, *, enabled: bool = True, purge_step: int | None = None) -> None:
         self.writer = None
         if not enabled:
             return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            logger.info("TensorBoard logging skipped: the 'tensorboard' package is not installed "
-                        "(metrics.csv has the same numbers)")
-            return
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
     @property
     def active(self) -> bool:

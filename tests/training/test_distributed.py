@@ -21,7 +21,8 @@ def test_two_processes_match_one_process(tmp_path):
     assert np.all(np.abs(two - one) <= 1e-3 * np.abs(one))
     assert one[-1] < one[0]
     # Only rank 0 wrote the run folder.
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.csv"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.csv",
+                                                                     "tensorboard"]  # rank 0 only wrote
 
 
 def test_env_parsing(monkeypatch):

@@ -53,7 +53,8 @@ def test_loss_falls_and_files_are_written(trained):
     assert len(losses) == 30
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
     run_dir = trained.run_dir
-    assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.csv"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.csv", "tensorboard"]
+    assert list((run_dir / "tensorboard").iterdir())  # an event file
     assert trained.epochs_completed == 3 and trained.stop_reason == "epochs"
     assert 0.0 <= trained.best_val_dice <= 1.0 and set(trained.val_dice) == {"outer", "inner"}
 
@@ -75,7 +76,7 @@ def test_checkpoints_are_self_describing_and_loadable(trained):
     last = load_checkpoint(trained.last_checkpoint)
     assert best["model"]["name"] == "unet" and best["labels"] == {"background": 0, "outer": 1, "inner": 2}
     assert best["channels"] == ["T1", "FLAIR"] and best["regions"] == {}
-    assert set(best["postprocessing"]) == {"outer", "inner"}
+    assert list(best["postprocessing"]) == ["all foreground", "outer", "inner"]
     assert best["postprocessing"] == trained.postprocessing == last["postprocessing"]
     assert best["training"]["epoch"] == trained.best_epoch and best["training"]["seed"] == 0
     assert best["training"]["config"]["iterations_per_epoch"] == 10
@@ -109,6 +110,11 @@ def test_resume_after_interruption_is_bit_identical(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     rows = (tmp_path / "resumed" / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "resumed" / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [0, 1, 2]
 
 
 def test_run_dir_rules(tmp_path, trained):
