@@ -37,7 +37,7 @@ def train_cubes(run_dir: str, *, epochs: int = 2, iterations: int = 10, batch_si
     try:
         data = cube_cases(4, shape=(24, 24, 24), patch_size=(16, 16, 16))
         config = TrainConfig(epochs=epochs, iterations_per_epoch=iterations, workers=0, augment=augment,
-                             device="cpu", deterministic=True, val_every=epochs)
+                             device="cpu", precision="fp32", deterministic=True, val_every=epochs)
         result = fit(model=tiny_unet(), plan=cube_plan(batch_size=batch_size), dataset=data,
                      train_cases=["case_000", "case_001", "case_002"], val_cases=["case_003"],
                      run_dir=Path(run_dir), config=config, dist_ctx=ctx)

@@ -81,7 +81,19 @@ def test_fp16_on_cpu_is_a_usage_error():
         resolve_runtime(TrainConfig(precision="fp16", device="cpu"))
     assert info.value.exit_code == 2
     runtime = resolve_runtime(TrainConfig(device="cpu", workers=0))
-    assert runtime.device == "cpu" and runtime.precision == "fp32" and runtime.workers == 0
+    assert runtime.device == "cpu" and runtime.workers == 0
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_on_cpu_is_bf16_only_where_native(monkeypatch, native):
+    from brainseg_cli.training import config as config_module
+
+    monkeypatch.setattr(config_module, "cpu_supports_bf16", lambda: native)
+    auto = resolve_runtime(TrainConfig(device="cpu", workers=0))
+    assert auto.precision == ("bf16" if native else "fp32") and auto.notes == ()
+    forced = resolve_runtime(TrainConfig(device="cpu", workers=0, precision="bf16"))
+    assert forced.precision == "bf16" and bool(forced.notes) is not native  # emulated bf16 is flagged
+    assert resolve_runtime(TrainConfig(device="cpu", workers=0, precision="fp32")).precision == "fp32"
 
 
 def test_cuda_unavailable_is_a_usage_error(monkeypatch):
