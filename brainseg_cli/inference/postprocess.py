@@ -27,6 +27,11 @@ logger = logging.getLogger(__name__)
 REGION_THRESHOLD = 0.5
 
 
+#: Post-processing key of "every foreground label together as one group" (a checkpoint's
+#: ``postprocessing`` may hold it beside label and region names).
+ALL_FOREGROUND = "all foreground"
+
+
 def keep_largest_component(mask: np.ndarray) -> np.ndarray:
     """Keep only the largest connected component of a binary mask (full connectivity).
 

@@ -32,7 +32,12 @@ import torch
 from torch import nn
 
 from brainseg_cli.errors import CheckpointError, ConfigError, InputError
-from brainseg_cli.inference.postprocess import apply_largest_component, label_value_dtype, probabilities_to_labels
+from brainseg_cli.inference.postprocess import (
+    ALL_FOREGROUND,
+    apply_largest_component,
+    label_value_dtype,
+    probabilities_to_labels,
+)
 from brainseg_cli.inference.sliding_window import PRECISIONS, sliding_window_predict
 from brainseg_cli.io import Image
 
@@ -265,7 +270,8 @@ class Predictor:
 
         Args:
             lcc: ``"auto"``: the checkpoint's ``postprocessing`` decision (label names -> their
-                value; region names -> the region's labels as one group); ``"on"``: every
+                value; region names -> the region's labels as one group; ``"all foreground"`` ->
+                every foreground label as one group), in the order stored; ``"on"``: every
                 foreground label together as one group (removes islands of the whole
                 segmentation); ``"off"``: none.
 
@@ -285,6 +291,9 @@ class Predictor:
                 continue
             if name in self.labels and self.labels[name] != 0:
                 groups.append([self.labels[name]])
+            elif name == ALL_FOREGROUND:
+                if foreground:
+                    groups.append(foreground)
             elif name in self.regions:
                 groups.append(list(self.regions[name]))
             else:

@@ -33,6 +33,7 @@ from torch import nn
 
 from brainseg_cli.errors import ConfigError
 from brainseg_cli.inference import apply_largest_component, probabilities_to_labels, sliding_window_predict
+from brainseg_cli.inference.postprocess import ALL_FOREGROUND
 from brainseg_cli.metrics.overlap import label_confusion, overlap_metrics
 
 logger = logging.getLogger(__name__)
@@ -237,12 +238,14 @@ def decide_postprocessing(
     labels: Mapping[str, int],
     entities: Mapping[str, Sequence[int]],
 ) -> PostprocessingDecision:
-    """Decide, per foreground label, whether keep-largest-component helps on the validation cases.
+    """Decide whether keep-largest-component helps on the validation cases, as nnU-Net does.
 
-    Labels are tried in increasing value; each trial applies the already accepted labels plus the
-    candidate (with :func:`brainseg_cli.inference.apply_largest_component`). The candidate is
-    accepted when the mean foreground Dice rises by more than :data:`MIN_GAIN` and no entity's mean
-    Dice falls.
+    First all foreground labels together (:data:`ALL_FOREGROUND`: islands of the whole
+    segmentation, e.g. false positives far from the tumour; only tried with two or more
+    foreground labels), then each foreground label in increasing value. Each trial applies the
+    already accepted groups plus the candidate (with
+    :func:`brainseg_cli.inference.apply_largest_component`). The candidate is accepted when the
+    mean foreground Dice rises by more than :data:`MIN_GAIN` and no entity's mean Dice falls.
 
     Args:
         predictions: ``{case: predicted label map}``.
@@ -251,13 +254,18 @@ def decide_postprocessing(
         entities: the scored entities (:func:`validation_entities`).
 
     Returns:
-        The :class:`PostprocessingDecision`.
+        The :class:`PostprocessingDecision` (``postprocessing`` keys: :data:`ALL_FOREGROUND` when
+        tried, then the label names).
     """
     cases = sorted(predictions)
     names = list(entities)
     foreground = sorted(((name, int(v)) for name, v in labels.items() if int(v) != 0), key=lambda kv: kv[1])
+    candidates: list[tuple[str, list[int]]] = []
+    if len(foreground) > 1:
+        candidates.append((ALL_FOREGROUND, [v for _, v in foreground]))
+    candidates += [(name, [value]) for name, value in foreground]
 
-    def score(accepted: list[int]) -> dict[str, float]:
+    def score(accepted: list[list[int]]) -> dict[str, float]:
         per_case = []
         for case in cases:
             pred = predictions[case]
@@ -268,11 +276,11 @@ def decide_postprocessing(
 
     before = score([])
     current = dict(before)
-    accepted: list[int] = []
+    accepted: list[list[int]] = []
     decisions: dict[str, dict[str, bool]] = {}
     trials: dict[str, dict[str, Any]] = {}
-    for name, value in foreground:
-        trial = score([*accepted, value])
+    for name, group in candidates:
+        trial = score([*accepted, group])
         mean_now = float(np.mean(list(current.values()))) if current else float("nan")
         mean_trial = float(np.mean(list(trial.values()))) if trial else float("nan")
         worse = [n for n in names if trial[n] < current[n] - 1e-12]
@@ -281,7 +289,7 @@ def decide_postprocessing(
                         "worse": worse}
         decisions[name] = {"largest_component": ok}
         if ok:
-            accepted.append(value)
+            accepted.append(group)
             current = trial
         logger.info("post-processing: largest component of '%s' %s (mean Dice %.4f -> %.4f%s)", name,
                     "on" if ok else "off", mean_now, mean_trial,

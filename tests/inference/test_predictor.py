@@ -143,6 +143,11 @@ def test_largest_component_modes(tmp_path):
     assert on[9, 9, 9] == 0 and on[11, 1, 11] == 0 and on[3, 3, 3] == 1
     with pytest.raises(ConfigError, match="unknown --lcc mode 'maybe'"):
         predictor.largest_component_groups("maybe")
+    # A stored decision for all foreground labels as one group comes first, in the stored order.
+    whole = Predictor.from_checkpoints([random_checkpoint(tmp_path / "b.pt", postprocessing={
+        "all foreground": {"largest_component": True}, "inner": {"largest_component": True}})], device="cpu")
+    assert whole.largest_component_groups("auto") == [[1, 2], [2]]
+    np.testing.assert_array_equal(whole.labels_from_probabilities(probs, lcc="auto"), on)
 
 
 def test_region_based_checkpoint(tmp_path):

@@ -15,8 +15,8 @@ def test_tiny_trained_checkpoint(tmp_path):
     ckpt = load_checkpoint(path)
     info = load_dataset(tmp_path / "dataset")
     assert ckpt["channels"] == list(info.channels) and ckpt["labels"] == info.labels
-    assert ckpt["plan"]["region_based"] is False and set(ckpt["postprocessing"]) == {"edema", "non-enhancing tumour",
-                                                                                    "enhancing tumour"}
+    assert ckpt["plan"]["region_based"] is False and set(ckpt["postprocessing"]) == {
+        "all foreground", "edema", "non-enhancing tumour", "enhancing tumour"}
     model = build_model_from_checkpoint(ckpt)
     with torch.no_grad():
         assert model(torch.zeros(1, 4, 16, 16, 16)).shape == (1, 4, 16, 16, 16)

@@ -109,9 +109,25 @@ def test_largest_component_switched_on_only_where_it_helps():
         _blob(pred, (15, 2, 15), 2, 1)
         refs[f"c{i}"], preds[f"c{i}"] = ref, pred
     decision = decide_postprocessing(preds, refs, labels=LABELS, entities={"edema": [1], "core": [2]})
-    assert decision.postprocessing == {"edema": {"largest_component": True}, "core": {"largest_component": False}}
+    # All foreground as one would drop the second core component: tried first and rejected.
+    assert decision.postprocessing == {"all foreground": {"largest_component": False},
+                                       "edema": {"largest_component": True}, "core": {"largest_component": False}}
     assert decision.dice_after["edema"] == 1.0 and decision.dice_before["edema"] < 1.0
     assert decision.dice_after["core"] == decision.dice_before["core"] == 1.0
+
+
+def test_largest_component_of_all_foreground_removes_a_far_island():
+    # A false-positive island made of two labels: per label it is not the largest component of
+    # either (core: the island is bigger than the true core), but all foreground as one removes it.
+    ref = np.zeros((24, 24, 24), np.uint8)
+    _blob(ref, (2, 2, 2), 8, 1)
+    _blob(ref, (4, 4, 4), 2, 2)
+    pred = ref.copy()
+    _blob(pred, (17, 17, 17), 3, 1)
+    _blob(pred, (18, 18, 18), 3, 2)
+    decision = decide_postprocessing({"a": pred}, {"a": ref}, labels=LABELS, entities={"WT": [1, 2], "TC": [2]})
+    assert decision.postprocessing["all foreground"] == {"largest_component": True}
+    assert decision.dice_after == {"WT": 1.0, "TC": 1.0} and decision.dice_before["TC"] < 1.0
 
 
 def test_largest_component_rejected_when_another_entity_gets_worse():
