@@ -145,7 +145,7 @@ def brainseg(source: str, src: Path, workers: int) -> Callable[[Path], None]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=4, help="BraTS 2018 cases to convert (max 9)")
+    parser.add_argument("--cases", type=int, default=9, help="BraTS 2018 cases to convert (max 9, the default)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     if not BRATS.is_dir():

@@ -28,8 +28,9 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Callable, Mapping
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -64,7 +65,7 @@ class ConvertConfig:
             ``DatasetNNN_<name>``; ``None`` for the default (module docstring).
         name: dataset name (letters, digits, ``-``, ``_``); ``None``: from INPUT's folder name.
         nnunet_id: nnU-Net dataset id 1-999; names the folder ``DatasetNNN_<name>``.
-        workers: cases converted in parallel (worker processes; 1 = in this process).
+        workers: cases converted in parallel (this process and ``workers - 1`` worker processes).
         overwrite: replace an existing non-empty OUTPUT (only if it holds nothing but a dataset).
         skip_invalid: skip invalid cases (reported in the summary) instead of stopping.
         spacing: voxel size (mm, X Y Z) for sources without spacing (``lgg``); ``None``: 1 mm.
@@ -386,6 +387,19 @@ def _worker_init() -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
+@contextmanager
+def _one_itk_thread() -> Iterator[None]:
+    """SimpleITK limited to one thread in this process while it converts beside worker processes."""
+    import SimpleITK as sitk
+
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
+
+
 # ---------------------------------------------------------------------------------------------
 # the whole dataset
 
@@ -423,19 +437,47 @@ def _run_cases(todo: list[SourceCase], *, source: SourceDataset, output: Path, w
                 handle(case, exc)
             report()
         return results, skipped
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=get_context("spawn"),
-                             initializer=_worker_init) as pool:
-        futures = {pool.submit(convert_case, case, **kwargs): case for case in todo}
-        pending = set(futures)
+
+    # This process converts cases too, beside workers - 1 spawned processes (spawned: SimpleITK's
+    # thread pool does not survive a fork). A spawned worker needs a few tenths of a second to
+    # start (interpreter, numpy, SimpleITK) and this process none, so the work is shared W ways
+    # from the start. While many cases are left, each worker keeps two queued, so it never waits
+    # while this process is busy with a case of its own; near the end only one, so that the last
+    # cases are not stuck in a worker's queue while this process has nothing to do.
+    pool_size = min(workers - 1, len(todo) - 1)
+    pending: dict[Future, SourceCase] = {}
+    handed_out = 0
+
+    def collect(finished: set[Future]) -> None:
+        for future in finished:
+            case = pending.pop(future)
+            try:
+                results.append(future.result())
+            except InputError as exc:
+                handle(case, exc)
+            report()
+
+    with ProcessPoolExecutor(max_workers=pool_size, mp_context=get_context("spawn"),
+                             initializer=_worker_init) as pool, _one_itk_thread():
         try:
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                for future in finished:
+            while handed_out < len(todo) or pending:
+                depth = 2 if len(todo) - handed_out >= 2 * workers else 1
+                while handed_out < len(todo) and len(pending) < depth * pool_size:
+                    case = todo[handed_out]
+                    handed_out += 1
+                    pending[pool.submit(convert_case, case, **kwargs)] = case
+                collect({f for f in pending if f.done()})
+                if handed_out < len(todo):
+                    case = todo[handed_out]
+                    handed_out += 1
                     try:
-                        results.append(future.result())
+                        results.append(convert_case(case, **kwargs))
                     except InputError as exc:
-                        handle(futures[future], exc)
+                        handle(case, exc)
                     report()
+                elif pending:
+                    finished, _ = wait(set(pending), return_when=FIRST_COMPLETED)
+                    collect(finished)
         except BaseException:
             for future in pending:
                 future.cancel()

@@ -150,8 +150,13 @@ def test_interrupted_conversion_resumes(brats2017_source: Path, tmp_path: Path, 
 
 
 def test_two_workers_give_the_same_dataset(brats2017_source: Path, tmp_path: Path) -> None:
+    import SimpleITK as sitk
+
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     a = convert_dataset(config=_config(brats2017_source, tmp_path / "a", workers=1))
     b = convert_dataset(config=_config(brats2017_source, tmp_path / "b", workers=2))
+    # This process converted beside the worker with one SimpleITK thread, and restored the setting.
+    assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == threads
     assert a.cases == b.cases
     assert _files(tmp_path / "a") == _files(tmp_path / "b")
     for f in _files(tmp_path / "a"):
