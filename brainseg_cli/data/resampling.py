@@ -12,19 +12,26 @@ target) has one axis more than ``anisotropy_threshold`` (3) times coarser than t
 that low-resolution axis is resampled separately: in-plane with the requested spline order, and
 along the low-resolution axis with nearest neighbour (order 0), so slices are never blended.
 
-- :func:`resample_images`: cubic (order 3) B-spline per channel (``scipy.ndimage.zoom``).
+- :func:`resample_images`: cubic (order 3) B-spline, exactly ``scipy.ndimage.zoom`` (mode
+  ``nearest``, ``grid_mode=True``, prefiltered) computed as one small matrix per axis: spline
+  resampling is separable and linear, so along an axis of ``n_in -> n_out`` samples it is an
+  ``(n_out, n_in)`` matrix, built once by zooming the identity and applied with torch's batched
+  matrix product to every channel at once (about 10x faster than zooming channel by channel, equal to float32 rounding).
 - :func:`resample_labels`: nearest neighbour (a separable index gather: exact and fast; nnU-Net's
   one-hot linear resampling is smoother on upsampling but costs K interpolations per case).
-- :func:`resample_linear`: separable linear interpolation in float32 for probability maps
-  ``(K, ...)`` (predict's hot path: a few vectorised gathers per axis, no coordinate arrays).
+- :func:`resample_linear`: linear interpolation in float32 for probability maps ``(K, ...)``
+  (predict's hot path), by torch's ``interpolate`` (``align_corners=False``: the same mapping).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
+
+from brainseg_cli.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -62,37 +69,11 @@ def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
     return np.clip(idx, 0, n_in - 1)
 
 
-def _linear_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lower index, upper index and upper weight of linear, pixel-centred, edge-clamped interpolation."""
-    coord = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-    coord = np.clip(coord, 0.0, n_in - 1)
-    lo = np.floor(coord).astype(np.intp)
-    hi = np.minimum(lo + 1, n_in - 1)
-    return lo, hi, (coord - lo).astype(np.float32)
-
-
 def _nearest_along(array: np.ndarray, axis: int, n_out: int) -> np.ndarray:
     n_in = array.shape[axis]
     if n_in == n_out:
         return array
     return np.take(array, _nearest_index(n_in, n_out), axis=axis)
-
-
-def _linear_along(array: np.ndarray, axis: int, n_out: int) -> np.ndarray:
-    n_in = array.shape[axis]
-    if n_in == n_out:
-        return array
-    lo, hi, w = _linear_weights(n_in, n_out)
-    shape = [1] * array.ndim
-    shape[axis] = n_out
-    w = w.reshape(shape)
-    a = np.take(array, lo, axis=axis)
-    b = np.take(array, hi, axis=axis)
-    # a + (b - a) * w, in place on the gathered copies.
-    b -= a
-    b *= w
-    a += b
-    return a
 
 
 def resample_labels(labels: np.ndarray, new_shape: Sequence[int]) -> np.ndarray:
@@ -108,6 +89,9 @@ def resample_linear(
 ) -> np.ndarray:
     """Separable linear resampling of ``data`` ``(K, X, Y[, Z])`` to ``(K, *new_shape)``, float32.
 
+    Pixel-centred and edge-clamped (the module's mapping), computed by torch's multi-threaded
+    ``interpolate`` (``align_corners=False`` is exactly this mapping).
+
     Args:
         data: channels-first array (probabilities, or any float data).
         new_shape: target spatial shape.
@@ -117,22 +101,73 @@ def resample_linear(
     Returns:
         ``(K, *new_shape)`` float32 (``data`` itself, as float32, when the shape is unchanged).
     """
+    import torch
+    from torch.nn import functional as F
+
     out = np.asarray(data, dtype=np.float32)
-    for axis, n_out in enumerate(new_shape):
-        if axis == separate:
-            out = _nearest_along(out, axis + 1, int(n_out))
-        else:
-            out = _linear_along(out, axis + 1, int(n_out))
-    return out
+    new_shape = tuple(int(n) for n in new_shape)
+    if tuple(out.shape[1:]) == new_shape:
+        return out
+    modes = {1: "linear", 2: "bilinear", 3: "trilinear"}
+    tensor = torch.from_numpy(np.ascontiguousarray(out))
+    if separate is None:
+        result = F.interpolate(tensor[None], size=new_shape, mode=modes[len(new_shape)], align_corners=False)[0]
+        return result.numpy()
+    plane = tuple(n for a, n in enumerate(new_shape) if a != separate)
+    slices = tensor.movedim(separate + 1, 0)  # (S, K, *plane_in): the separate axis as the batch
+    if tuple(slices.shape[2:]) != plane:
+        slices = F.interpolate(slices.contiguous(), size=plane, mode=modes[len(plane)], align_corners=False)
+    result = _nearest_along(slices.numpy(), 0, new_shape[separate])
+    return np.ascontiguousarray(np.moveaxis(result, 0, separate + 1))
 
 
-def _zoom(channel: np.ndarray, new_shape: Sequence[int], order: int) -> np.ndarray:
+@lru_cache(maxsize=128)
+def _spline_matrix(n_in: int, n_out: int, order: int) -> np.ndarray:
+    """The ``(n_out, n_in)`` float32 matrix of 1-D spline resampling (``scipy.ndimage.zoom`` of the identity).
+
+    Column ``j`` is the zoom of the unit impulse at ``j``: the prefilter, the spline weights and the
+    ``nearest`` boundary extension are all in it.
+    """
     from scipy import ndimage
 
-    factors = [n_out / n_in for n_out, n_in in zip(new_shape, channel.shape)]
-    out = np.empty(tuple(int(n) for n in new_shape), dtype=np.float32)
-    ndimage.zoom(channel.astype(np.float32, copy=False), factors, output=out, order=order,
-                 mode="nearest", grid_mode=True, prefilter=order > 1)
+    eye = np.eye(n_in, dtype=np.float64)
+    matrix = np.empty((n_out, n_in), dtype=np.float64)
+    ndimage.zoom(eye, (n_out / n_in, 1.0), output=matrix, order=order, mode="nearest", grid_mode=True,
+                 prefilter=order > 1)
+    matrix = matrix.astype(np.float32)
+    matrix.setflags(write=False)
+    return matrix
+
+
+def _spline_along(array: np.ndarray, axis: int, n_out: int, order: int) -> np.ndarray:
+    """Apply the 1-D spline resampling matrix along ``axis`` of a float32 array.
+
+    The array is viewed as ``(before, n_in, after)``, so each axis costs one batched matrix product
+    (``M @ x[b]`` for every leading index ``b``; ``x @ M.T`` for the last axis), done by torch
+    (numpy's batched ``matmul`` with a broadcast matrix runs several times slower).
+    """
+    import torch
+
+    shape = array.shape
+    n_in = shape[axis]
+    if n_in == n_out:
+        return array
+    matrix = torch.from_numpy(_spline_matrix(n_in, int(n_out), order).copy())
+    before = int(np.prod(shape[:axis], dtype=np.int64))
+    after = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    x = torch.from_numpy(np.ascontiguousarray(array))
+    if after == 1:
+        out = x.reshape(before, n_in) @ matrix.T
+    else:
+        out = torch.matmul(matrix, x.reshape(before, n_in, after))
+    return out.numpy().reshape(*shape[:axis], int(n_out), *shape[axis + 1:])
+
+
+def _spline_axes(array: np.ndarray, new_shape: Sequence[int], axes: Sequence[int], order: int) -> np.ndarray:
+    """Spline-resample the listed spatial axes of a ``(C, ...)`` float32 array; most-shrinking axis first."""
+    out = array
+    for axis in sorted(axes, key=lambda a: new_shape[a] / max(out.shape[a + 1], 1)):
+        out = _spline_along(out, axis + 1, int(new_shape[axis]), order)
     return out
 
 
@@ -156,17 +191,11 @@ def resample_images(
     new_shape = tuple(int(n) for n in new_shape)
     if tuple(data.shape[1:]) == new_shape:
         return data.astype(np.float32, copy=False)
-    out = np.empty((data.shape[0], *new_shape), dtype=np.float32)
-    for c, channel in enumerate(data):
-        if separate is None:
-            out[c] = _zoom(channel, new_shape, order)
-            continue
-        plane_shape = [n for a, n in enumerate(new_shape) if a != separate]
-        moved = np.moveaxis(channel, separate, 0)
-        if tuple(moved.shape[1:]) == tuple(plane_shape):
-            planes = moved.astype(np.float32, copy=False)
-        else:
-            planes = np.stack([_zoom(s, plane_shape, order) for s in moved])
-        planes = _nearest_along(planes, 0, new_shape[separate])
-        out[c] = np.moveaxis(planes, 0, separate)
-    return out
+    if order not in (0, 1, 2, 3, 4, 5):
+        raise ConfigError(f"spline order must be 0-5, got {order}")
+    out = np.asarray(data, dtype=np.float32)
+    axes = [a for a in range(len(new_shape)) if a != separate]
+    out = _spline_axes(out, new_shape, axes, order)
+    if separate is not None:
+        out = _nearest_along(out, separate + 1, new_shape[separate])
+    return np.ascontiguousarray(out)

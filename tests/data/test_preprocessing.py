@@ -121,6 +121,47 @@ def test_resampled_roundtrip_is_close(spacing):
         assert dice(back == k, lab == k) > 0.95
 
 
+@pytest.mark.parametrize("order", [0, 1, 3])
+@pytest.mark.parametrize("shape, new_shape", [((20, 17, 13), (10, 9, 7)), ((9, 11, 7), (20, 5, 7)), ((12, 30), (7, 41))])
+def test_spline_resampling_equals_scipy_zoom(order, shape, new_shape):
+    # Per axis, one matrix built from scipy's zoom of the identity: the result is scipy's own.
+    from scipy import ndimage
+
+    rng = np.random.default_rng(order)
+    data = rng.normal(size=(2, *shape)).astype(np.float32) * 100.0
+    out = resample_images(data, new_shape, order=order)
+    factors = [n / m for n, m in zip(new_shape, shape)]
+    expected = np.stack([ndimage.zoom(c, factors, order=order, mode="nearest", grid_mode=True, prefilter=order > 1)
+                         for c in data])
+    assert out.shape == (2, *new_shape) and out.dtype == np.float32 and out.flags.c_contiguous
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-3)  # values ~100: float32 rounding
+
+
+@pytest.mark.parametrize("shape, new_shape", [((7, 9, 5), (14, 30, 11)), ((20, 17, 13), (10, 9, 7)), ((6, 8), (13, 3))])
+def test_linear_resampling_equals_scipy_linear_zoom(shape, new_shape):
+    # Pixel-centred, edge-clamped linear = scipy's order-1 zoom with grid_mode and mode "nearest".
+    from scipy import ndimage
+
+    data = np.random.default_rng(2).random((3, *shape)).astype(np.float32)
+    out = resample_linear(data, new_shape)
+    factors = [n / m for n, m in zip(new_shape, shape)]
+    expected = np.stack([ndimage.zoom(c, factors, order=1, mode="nearest", grid_mode=True) for c in data])
+    assert out.shape == (3, *new_shape) and out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
+
+
+def test_spline_resampling_separate_axis_equals_slice_by_slice_zoom():
+    from scipy import ndimage
+
+    data = np.random.default_rng(1).normal(size=(1, 16, 15, 5)).astype(np.float32)
+    out = resample_images(data, (8, 12, 10), order=3, separate=2)
+    planes = np.stack([ndimage.zoom(data[0, :, :, z], (8 / 16, 12 / 15), order=3, mode="nearest", grid_mode=True)
+                       for z in range(5)], axis=-1)
+    np.testing.assert_allclose(out[0], planes[:, :, [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]], atol=1e-5)
+    with pytest.raises(ConfigError, match="spline order must be 0-5, got 7"):
+        resample_images(data, (8, 12, 10), order=7)
+
+
 def test_anisotropic_resampling_uses_nearest_along_the_low_res_axis():
     assert lowres_axis((1.0, 1.0, 3.5)) == 2
     assert lowres_axis((1.0, 1.0, 3.0)) is None
