@@ -41,6 +41,7 @@ def pretrain(
     patch_size: opts.PatchSize = None,
     spacing: opts.Spacing = None,
     memory_gb: opts.MemoryGb = None,
+    slice_weighting: opts.SliceWeightingOption = None,
     lr: opts.LearningRate = None,
     optimizer: opts.OptimizerOption = None,
     schedule: opts.ScheduleOption = None,
@@ -71,7 +72,7 @@ def pretrain(
             val_split=val_split, fold=fold, folds=folds, precision=precision, compile_model=compile_model,
             resume=resume, deterministic=deterministic, seed=seed, device=device, workers=workers, nproc=nproc),
         **opts.plan_cli_options(batch_size=batch_size, patch_size=patch_size, spacing=spacing, memory_gb=memory_gb,
-                                regions=regions, config=config, model=model),
+                                regions=regions, config=config, model=model, slice_weighting=slice_weighting),
     }
     train_config, plan_overrides = opts.resolve_cli_options(options_file=options_file, cli_options=cli_options)
     result = opts.run_training(pretrain_fn, dataset_dir=dataset, run_dir=output, train_config=train_config,

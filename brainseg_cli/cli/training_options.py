@@ -36,6 +36,13 @@ class Schedule(str, Enum):
     cosine = "cosine"
 
 
+class SliceWeighting(str, Enum):
+    """How a 2-D plan draws the slices that are not forced to hold foreground."""
+
+    uniform = "uniform"
+    foreground = "foreground"
+
+
 class Loss(str, Enum):
     """Training losses."""
 
@@ -111,6 +118,8 @@ PatchSize = Annotated[Optional[str], typer.Option("--patch-size", metavar="X,Y[,
 Spacing = Annotated[Optional[str], typer.Option("--spacing", metavar="X,Y,Z",
                                                help="Target spacing in mm (default: planned).")]
 MemoryGb = Annotated[Optional[float], typer.Option("--memory-gb", help="Memory budget of the plan in GB.")]
+SliceWeightingOption = Annotated[Optional[SliceWeighting], typer.Option(
+    "--slice-weighting", help="2-D: draw slices uniformly or weighted by foreground area \\[default: uniform].")]
 RegionsOption = Annotated[Optional[Regions], typer.Option(
     "--regions", help="Region-based training with sigmoid outputs: brats (WT/TC/ET) or the dataset's regions.")]
 
@@ -189,6 +198,7 @@ def plan_cli_options(
     regions: Regions | None = None,
     config: Config | None = None,
     model: str | None = None,
+    slice_weighting: SliceWeighting | None = None,
 ) -> dict[str, Any]:
     """Parsed plan flags -> ``{PlanOverrides field: value}`` (None = not given); usage errors exit 2."""
     return {
@@ -199,6 +209,7 @@ def plan_cli_options(
         "target_spacing": parse_spacing(spacing, "--spacing") if spacing else None,
         "memory_gb": memory_gb,
         "regions": _value(regions),
+        "slice_weighting": _value(slice_weighting),
     }
 
 

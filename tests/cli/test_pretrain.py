@@ -102,9 +102,21 @@ def test_regions_options_file_and_overrides(phantom, tmp_path):
     assert list(_rows(run)[0])[3:6] == ["val_dice_WT", "val_dice_TC", "val_dice_ET"]
 
 
+def test_two_d_slice_weighting(phantom, tmp_path):
+    run = tmp_path / "run"
+    res = runner.invoke(app, [*ONE_THREAD, "pretrain", str(phantom), "-o", str(run), "--config", "2d",
+                              "--slice-weighting", "foreground", "--epochs", "1", "--iterations", "2",
+                              "--patch-size", "32,32", "--batch-size", "2", "--workers", "0", "--device", "cpu",
+                              "--val-cases", "1"])
+    assert res.exit_code == 0, res.output
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["config"] == "2d" and plan["sampling"]["slice_weighting"] == "foreground"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["--slice-weighting", "area"], "Invalid value for '--slice-weighting'"),
         (["--precision", "fp16", "--device", "cpu"], "--precision fp16 needs a CUDA device"),
         (["--model", "unet3d", "--config", "2d"], "model 'unet3d' is 3-D only and cannot train --config 2d"),
         (["--val-cases", "1", "--fold", "0"], "choose one of --val-cases, --val-split and --fold"),
