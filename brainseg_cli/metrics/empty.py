@@ -12,10 +12,8 @@ reference empty only      0           NaN          0          D                0
 prediction empty only     0           0            NaN        D                0
 ========================  ==========  ===========  =========  ===============  ===
 
-Policy ``nan`` (nnU-Net / MONAI style): both empty gives NaN everywhere; when exactly one mask is
-empty the distance metrics and NSD are NaN while Dice, IoU, sensitivity and precision keep their
-arithmetic value (0 or NaN, as the counts give; MONAI's ``ConfusionMatrixMetric`` gives the same).
-Specificity and volumes never depend on the policy.
+Policy ``nan`` (nnU-Net / MONAI style): every cell of the table becomes NaN except Dice and IoU,
+which are 0 when exactly one mask is empty. Specificity and volumes never depend on the policy.
 """
 
 from __future__ import annotations
@@ -43,7 +41,7 @@ POLICY_DESCRIPTIONS: dict[EmptyPolicy, str] = {
     ),
     EmptyPolicy.NAN: (
         "nan: both empty -> every metric NaN except specificity and volumes; exactly one empty -> "
-        "HD95/HD/ASSD/NSD NaN, Dice/IoU 0, sensitivity and precision as the voxel counts give (0, or NaN for 0/0)"
+        "Dice/IoU 0, sensitivity/precision/HD95/HD/ASSD/NSD NaN"
     ),
 }
 

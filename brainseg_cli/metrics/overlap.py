@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from brainseg_cli.metrics.empty import EmptyPolicy, empty_overlap_value, ratio
+from brainseg_cli.metrics.empty import NAN, EmptyPolicy, as_policy, empty_overlap_value, ratio
 
 #: Above this many distinct values per axis, :func:`label_confusion` maps values through np.unique.
 _DIRECT_MAX_VALUE = 255
@@ -173,7 +173,9 @@ def overlap_metrics(counts: Confusion, *, policy: EmptyPolicy | str = EmptyPolic
 
     Args:
         counts: the voxel counts.
-        policy: decides ``0 / 0`` when both masks are empty (``brats``: 1; ``nan``: NaN).
+        policy: the empty-case policy (DESIGN §4): both masks empty gives Dice, IoU, sensitivity and
+            precision 1 (``brats``) or NaN (``nan``); exactly one empty gives sensitivity and
+            precision as the counts give them (0, or NaN for 0/0) under ``brats``, NaN under ``nan``.
 
     Returns:
         ``{"dice", "iou", "sensitivity", "specificity", "precision"}`` -> float (NaN where undefined).
@@ -191,6 +193,9 @@ def overlap_metrics(counts: Confusion, *, policy: EmptyPolicy | str = EmptyPolic
         value = empty_overlap_value(policy=policy)
         for key in ("dice", "iou", "sensitivity", "precision"):
             out[key] = value
+    elif (c.n_pred == 0 or c.n_ref == 0) and as_policy(policy) is EmptyPolicy.NAN:
+        # DESIGN §4, policy nan: with exactly one mask empty only Dice and IoU (0) stay defined.
+        out["sensitivity"] = out["precision"] = NAN
     return out
 
 

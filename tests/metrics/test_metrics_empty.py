@@ -16,9 +16,8 @@ SPACING = (1.0, 2.0, 3.0)
 D = image_diagonal(SHAPE, SPACING)
 METRICS = ("dice", "iou", "sensitivity", "precision", "hd95", "hd", "assd", "nsd", "specificity", "volume")
 
-#: (case, policy) -> expected values. The DESIGN §4 table for ``brats``; for ``nan``, NaN everywhere
-#: when both are empty, and when exactly one is: Dice/IoU 0, distances and NSD NaN, sensitivity and
-#: precision as the counts give them (0 for a real 0 / n, NaN for 0 / 0).
+#: (case, policy) -> expected values. The DESIGN §4 table for ``brats``; for ``nan`` every cell of it
+#: NaN except Dice/IoU 0 when exactly one mask is empty.
 EXPECTED = {
     ("both", "brats"): {"dice": 1, "iou": 1, "sensitivity": 1, "precision": 1, "hd95": 0, "hd": 0, "assd": 0,
                         "nsd": 1, "lesion_dice": 1, "lesion_hd95": 0},
@@ -28,9 +27,9 @@ EXPECTED = {
                               "assd": D, "nsd": 0, "lesion_dice": 0, "lesion_hd95": D},
     ("both", "nan"): {"dice": NAN, "iou": NAN, "sensitivity": NAN, "precision": NAN, "hd95": NAN, "hd": NAN,
                       "assd": NAN, "nsd": NAN, "lesion_dice": NAN, "lesion_hd95": NAN},
-    ("ref_empty", "nan"): {"dice": 0, "iou": 0, "sensitivity": NAN, "precision": 0, "hd95": NAN, "hd": NAN,
+    ("ref_empty", "nan"): {"dice": 0, "iou": 0, "sensitivity": NAN, "precision": NAN, "hd95": NAN, "hd": NAN,
                            "assd": NAN, "nsd": NAN, "lesion_dice": 0, "lesion_hd95": NAN},
-    ("pred_empty", "nan"): {"dice": 0, "iou": 0, "sensitivity": 0, "precision": NAN, "hd95": NAN, "hd": NAN,
+    ("pred_empty", "nan"): {"dice": 0, "iou": 0, "sensitivity": NAN, "precision": NAN, "hd95": NAN, "hd": NAN,
                             "assd": NAN, "nsd": NAN, "lesion_dice": 0, "lesion_hd95": NAN},
 }
 
