@@ -164,8 +164,9 @@ def _label_columns(labels: dict[str, int]) -> list[tuple[str, int]]:
 
 def _volumes(labels: np.ndarray, spacing: Sequence[float], columns: list[tuple[str, int]]) -> dict[str, float]:
     voxel_ml = math.prod(float(s) for s in spacing) / 1000.0
-    counts = np.bincount(np.asarray(labels).ravel().astype(np.int64), minlength=max((v for _, v in columns), default=0) + 1)
-    return {name: float(counts[v]) * voxel_ml for name, v in columns}
+    labels = np.asarray(labels)
+    # One comparison per label: no int64 copy of the whole volume (bincount would make one).
+    return {name: float(np.count_nonzero(labels == v)) * voxel_ml for name, v in columns}
 
 
 def _read_previous_csv(path: Path) -> dict[str, dict[str, float]]:
