@@ -10,7 +10,9 @@ BraTS 2018 cases of ``../shared/data/brats2018_deepbrainseg`` (read in place, ne
    tool makes for a CPU, for ``--max-time MINUTES``. ``--epochs`` is only an upper bound: with a
    time budget the poly learning-rate schedule follows the clock (it is re-aimed after every epoch
    at the steps the budget still allows), validation every 2 epochs and after the last;
-3. ``brainseg predict`` the held-out dataset's ``imagesTr`` with ``best.pt``;
+   ``--precision fp32`` (``--precision`` and ``--slice-weighting`` can be changed);
+3. ``brainseg predict`` the held-out dataset's ``imagesTr`` with ``best.pt`` (``--tta``: mirroring,
+   as nnU-Net predicts by default; ``--no-tta`` to switch it off);
 4. ``brainseg evaluate --regions brats --metrics dice hd95`` against the held-out labels;
 5. ``results.md`` / ``results.csv`` in OUT: WT/TC/ET Dice and HD95 per case and mean, wall time of
    every step, training steps done, the plan used, and the load average at start and end (the
@@ -19,7 +21,8 @@ BraTS 2018 cases of ``../shared/data/brats2018_deepbrainseg`` (read in place, ne
 Split (fixed, not random): held out ``Brats18_CBICA_AQN_1`` (HGG, the smallest tumour of the 9)
 and ``Brats18_TCIA13_623_1`` (the only LGG); the other 7 (all HGG) train.
 
-    python benchmarks/brats_cpu_20min.py [--minutes 20] [--config 2d|3d] [--epochs N] [-o OUT]
+    python benchmarks/brats_cpu_20min.py [--minutes 20] [--config 2d|3d] [--epochs N]
+        [--slice-weighting uniform|foreground] [--precision auto|fp32|bf16] [--no-tta] [-o OUT]
 
 Target (issue #5): whole-tumour Dice >= 0.85 and above a plain MONAI baseline at equal budget (a
 MONAI 2-D U-Net reached WT 0.84 / TC 0.76 / ET 0.59 on other real BraTS 2018 cases; a MONAI 3-D
@@ -244,6 +247,12 @@ def main() -> None:
                         help=f"2-D or 3-D network (default {DEFAULT_CONFIG})")
     parser.add_argument("-o", "--output", type=Path, default=None, help="output folder (default: a new temp folder)")
     parser.add_argument("--data", type=Path, default=DATA, help="the brats2018_deepbrainseg folder")
+    parser.add_argument("--slice-weighting", choices=("uniform", "foreground"), default="uniform",
+                        help="pretrain --slice-weighting for 2-D plans (default uniform)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32",
+                        help="pretrain --precision (default fp32; auto trains in bf16 on CPUs with native bf16)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                        help="predict with mirroring test-time augmentation (default on, as nnU-Net predicts)")
     parser.add_argument("--epochs", type=int, default=MAX_EPOCHS,
                         help=f"pretrain --epochs, an upper bound (default {MAX_EPOCHS}): the learning-rate "
                              "schedule follows --minutes")
@@ -273,11 +282,13 @@ def main() -> None:
     pretrain = ["pretrain", str(out / "brats18_train"), "-o", str(out / "run"), "--regions", "brats",
                 "--config", args.config, "--max-time", f"{args.minutes:g}", "--val-cases", "1", "--device", "cpu",
                 "--iterations", str(ITERATIONS), "--val-every", str(VAL_EVERY)]
-    pretrain += ["--epochs", str(args.epochs)]
+    pretrain += ["--epochs", str(args.epochs), "--precision", args.precision]
+    if args.config == "2d":
+        pretrain += ["--slice-weighting", args.slice_weighting]
     run_step("pretrain", pretrain, logs, steps)
     run_step("predict", ["predict", "--model", str(out / "run" / "best.pt"), "--input",
                          str(out / "brats18_heldout" / "imagesTr"), "--output", str(out / "predictions"),
-                         "--device", "cpu"], logs, steps)
+                         "--device", "cpu"] + (["--tta"] if args.tta else []), logs, steps)
     run_step("evaluate", ["evaluate", "--ref", str(out / "brats18_heldout"), "--pred", str(out / "predictions"),
                           "--regions", "brats", "--metrics", "dice", "hd95", "-o", str(out / "evaluation.json"),
                           "--csv", str(out / "evaluation_cases.csv")], logs, steps)
