@@ -16,7 +16,8 @@ along the low-resolution axis with nearest neighbour (order 0), so slices are ne
   ``nearest``, ``grid_mode=True``, prefiltered) computed as one small matrix per axis: spline
   resampling is separable and linear, so along an axis of ``n_in -> n_out`` samples it is an
   ``(n_out, n_in)`` matrix, built once by zooming the identity and applied with torch's batched
-  matrix product to every channel at once (about 10x faster than zooming channel by channel, equal to float32 rounding).
+  matrix product to every channel at once (equal to float32 rounding; about 1.25x faster than zooming
+  4 BraTS channels one by one, 1 mm -> 2 mm, and multi-threaded).
 - :func:`resample_labels`: nearest neighbour (a separable index gather: exact and fast; nnU-Net's
   one-hot linear resampling is smoother on upsampling but costs K interpolations per case).
 - :func:`resample_linear`: linear interpolation in float32 for probability maps ``(K, ...)``
