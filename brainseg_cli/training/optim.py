@@ -11,7 +11,8 @@ name       lr      settings                                       weight decay  
 
 Schedules are a factor of the initial learning rate as a function of the optimiser step ``t`` out of
 ``T`` total steps, applied **every iteration** (not every epoch as in nnU-Net, so the rate falls
-smoothly even with few, long epochs):
+smoothly even with few, long epochs) by :class:`brainseg_cli.training.fit.StepSchedule`, which also
+lets a time budget set ``T``:
 
 * ``poly``: ``(1 - t / T) ** 0.9``
 * ``cosine``: ``0.5 * (1 + cos(pi * t / T))``
@@ -101,25 +102,6 @@ def build_optimizer(
     if name == "sgd":
         return torch.optim.SGD(groups, lr=rate, momentum=0.99, nesterov=True, weight_decay=decay)
     return torch.optim.Adam(groups, lr=rate, betas=(0.9, 0.999), weight_decay=decay)
-
-
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, *, name: str, total_steps: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-iteration schedule (call ``scheduler.step()`` after every ``optimizer.step()``).
-
-    Args:
-        optimizer: its groups' current ``lr`` are the initial rates.
-        name: ``poly`` or ``cosine``.
-        total_steps: ``T``, the number of optimiser steps of the whole run.
-
-    Raises:
-        ConfigError: unknown name or ``total_steps < 1``.
-    """
-    factor = look_up(name, SCHEDULE_FACTORS, "schedule")
-    if total_steps < 1:
-        raise ConfigError(f"the schedule needs at least one step, got {total_steps}")
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor(step, total_steps))
 
 
 def resolved_optimizer_settings(*, name: str, lr: float | None, schedule: str | None, weight_decay: float | None) -> dict[str, Any]:
