@@ -11,18 +11,23 @@ BraTS 2018 cases of ``../shared/data/brats2018_deepbrainseg`` (read in place, ne
    time budget the poly learning-rate schedule follows the clock (it is re-aimed after every epoch
    at the steps the budget still allows), validation every 2 epochs and after the last;
    ``--precision fp32`` (``--precision`` and ``--slice-weighting`` can be changed);
-3. ``brainseg predict`` the held-out dataset's ``imagesTr`` with ``best.pt`` (``--tta``: mirroring,
-   as nnU-Net predicts by default; ``--no-tta`` to switch it off);
+3. ``brainseg predict`` the held-out dataset's ``imagesTr`` with ``last.pt``, the final weights
+   (``--checkpoint last``, the default: the learning rate anneals to 0 at the budget's end and
+   nnU-Net, too, predicts with its final checkpoint; ``best.pt`` is chosen by the Dice of a single
+   validation case, a noisy pick), with ``--tta`` (mirroring, as nnU-Net predicts by default;
+   ``--no-tta`` to switch it off); then again with the other checkpoint, reported for comparison;
 4. ``brainseg evaluate --regions brats --metrics dice hd95`` against the held-out labels;
-5. ``results.md`` / ``results.csv`` in OUT: WT/TC/ET Dice and HD95 per case and mean, wall time of
-   every step, training steps done, the plan used, and the load average at start and end (the
-   machine is shared, so the load says how much of the 2 cores the run really had).
+5. ``results.md`` / ``results.csv`` in OUT: WT/TC/ET Dice and HD95 per case and mean (the headline
+   checkpoint's; the other's mean on a second line), wall time of every step, training steps done,
+   the plan used, and the load average at start and end (the machine is shared, so the load says
+   how much of the 2 cores the run really had).
 
 Split (fixed, not random): held out ``Brats18_CBICA_AQN_1`` (HGG, the smallest tumour of the 9)
 and ``Brats18_TCIA13_623_1`` (the only LGG); the other 7 (all HGG) train.
 
     python benchmarks/brats_cpu_20min.py [--minutes 20] [--config 2d|3d] [--epochs N]
-        [--slice-weighting uniform|foreground] [--precision auto|fp32|bf16] [--no-tta] [-o OUT]
+        [--slice-weighting uniform|foreground] [--precision auto|fp32|bf16] [--no-tta]
+        [--checkpoint last|best] [-o OUT]
 
 Target (issue #5): whole-tumour Dice >= 0.85 and above a plain MONAI baseline at equal budget (a
 MONAI 2-D U-Net reached WT 0.84 / TC 0.76 / ET 0.59 on other real BraTS 2018 cases; a MONAI 3-D
@@ -167,10 +172,15 @@ def fmt(v: float, digits: int = 3) -> str:
     return "nan" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
 
-def write_results(out: Path, *, args: argparse.Namespace, scores: dict, training: dict, steps: list[dict],
-                  load_start: tuple, load_end: tuple, total: float) -> str:
+def write_results(out: Path, *, args: argparse.Namespace, scores: dict, others: dict, training: dict,
+                  steps: list[dict], load_start: tuple, load_end: tuple, total: float) -> str:
+    """Write ``results.csv`` and ``results.md``; ``scores`` head them, ``others`` (name -> scores) follow."""
     cases = sorted(scores)
-    mean = {r: {m: sum(scores[c][r][m] for c in cases) / len(cases) for m in ("dice", "hd95")} for r in REGIONS}
+
+    def means(table: dict) -> dict:
+        return {r: {m: sum(table[c][r][m] for c in cases) / len(cases) for m in ("dice", "hd95")} for r in REGIONS}
+
+    mean = means(scores)
 
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -178,6 +188,9 @@ def write_results(out: Path, *, args: argparse.Namespace, scores: dict, training
         for c in cases:
             w.writerow([c] + [f"{scores[c][r][m]:.4f}" for m in ("dice", "hd95") for r in REGIONS])
         w.writerow(["mean"] + [f"{mean[r][m]:.4f}" for m in ("dice", "hd95") for r in REGIONS])
+        for name, table in others.items():
+            other_mean = means(table)
+            w.writerow([f"mean with {name}"] + [f"{other_mean[r][m]:.4f}" for m in ("dice", "hd95") for r in REGIONS])
         w.writerow([])
         w.writerow(["step", "seconds", "load_before", "load_after"])
         for s in steps:
@@ -203,6 +216,8 @@ def write_results(out: Path, *, args: argparse.Namespace, scores: dict, training
          f"the steps that still fit; --epochs {args.epochs} is only an upper bound of {t['planned_steps']} steps); "
          "the loop stops before an epoch that would not fit."),
         "",
+        f"Predicted with `{args.checkpoint}.pt`{' and mirroring TTA' if args.tta else ''}:",
+        "",
         "| case | WT Dice | TC Dice | ET Dice | WT HD95 | TC HD95 | ET HD95 |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -211,6 +226,11 @@ def write_results(out: Path, *, args: argparse.Namespace, scores: dict, training
                      + " | ".join(fmt(scores[c][r]["hd95"], 1) for r in REGIONS) + " |")
     lines.append("| **mean** | " + " | ".join(f"**{fmt(mean[r]['dice'])}**" for r in REGIONS) + " | "
                  + " | ".join(fmt(mean[r]["hd95"], 1) for r in REGIONS) + " |")
+    for name, table in others.items():
+        other_mean = means(table)
+        lines.append(f"| mean with {name} (for comparison) | "
+                     + " | ".join(fmt(other_mean[r]["dice"]) for r in REGIONS) + " | "
+                     + " | ".join(fmt(other_mean[r]["hd95"], 1) for r in REGIONS) + " |")
     for name, (wt, tc, et) in BASELINES.items():
         lines.append(f"| {name} (issue #5, other cases) | {wt:.2f} | {tc:.2f} | {et:.2f} | | | |")
     lines += [
@@ -253,6 +273,9 @@ def main() -> None:
                         help="pretrain --precision (default fp32; auto trains in bf16 on CPUs with native bf16)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                         help="predict with mirroring test-time augmentation (default on, as nnU-Net predicts)")
+    parser.add_argument("--checkpoint", choices=("last", "best"), default="last",
+                        help="the checkpoint whose scores head the results (default last, the final weights); "
+                             "the other is scored too, for comparison")
     parser.add_argument("--epochs", type=int, default=MAX_EPOCHS,
                         help=f"pretrain --epochs, an upper bound (default {MAX_EPOCHS}): the learning-rate "
                              "schedule follows --minutes")
@@ -286,22 +309,29 @@ def main() -> None:
     if args.config == "2d":
         pretrain += ["--slice-weighting", args.slice_weighting]
     run_step("pretrain", pretrain, logs, steps)
-    run_step("predict", ["predict", "--model", str(out / "run" / "best.pt"), "--input",
-                         str(out / "brats18_heldout" / "imagesTr"), "--output", str(out / "predictions"),
-                         "--device", "cpu"] + (["--tta"] if args.tta else []), logs, steps)
-    run_step("evaluate", ["evaluate", "--ref", str(out / "brats18_heldout"), "--pred", str(out / "predictions"),
-                          "--regions", "brats", "--metrics", "dice", "hd95", "-o", str(out / "evaluation.json"),
-                          "--csv", str(out / "evaluation_cases.csv")], logs, steps)
+    checkpoints = [args.checkpoint, "best" if args.checkpoint == "last" else "last"]
+    for i, name in enumerate(checkpoints):
+        suffix = "" if i == 0 else f"_{name}"
+        run_step(f"predict{suffix}", ["predict", "--model", str(out / "run" / f"{name}.pt"), "--input",
+                                      str(out / "brats18_heldout" / "imagesTr"), "--output",
+                                      str(out / f"predictions{suffix}"), "--device", "cpu"]
+                 + (["--tta"] if args.tta else []), logs, steps)
+        run_step(f"evaluate{suffix}", ["evaluate", "--ref", str(out / "brats18_heldout"), "--pred",
+                                       str(out / f"predictions{suffix}"), "--regions", "brats", "--metrics", "dice",
+                                       "hd95", "-o", str(out / f"evaluation{suffix}.json"),
+                                       "--csv", str(out / f"evaluation{suffix}_cases.csv")], logs, steps)
     total = time.perf_counter() - t_start
     load_end = load()
 
     training = read_training(out / "run")
     scores = read_scores(out / "evaluation_cases.csv")
-    missing = [c for c in HELD_OUT if set(scores.get(c, {})) != set(REGIONS)]
-    if missing:
-        sys.exit(f"error: evaluation_cases.csv lacks WT/TC/ET rows for {', '.join(missing)}")
-    text = write_results(out, args=args, scores=scores, training=training, steps=steps, load_start=load_start,
-                         load_end=load_end, total=total)
+    other = read_scores(out / f"evaluation_{checkpoints[1]}_cases.csv")
+    for table, name in ((scores, "evaluation_cases.csv"), (other, f"evaluation_{checkpoints[1]}_cases.csv")):
+        missing = [c for c in HELD_OUT if set(table.get(c, {})) != set(REGIONS)]
+        if missing:
+            sys.exit(f"error: {name} lacks WT/TC/ET rows for {', '.join(missing)}")
+    text = write_results(out, args=args, scores=scores, others={f"{checkpoints[1]}.pt": other}, training=training,
+                         steps=steps, load_start=load_start, load_end=load_end, total=total)
     print()
     print(text)
     print(f"results: {out / 'results.md'}, {out / 'results.csv'}")

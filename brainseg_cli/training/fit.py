@@ -26,9 +26,9 @@ validated and becomes the last. With a budget the learning-rate schedule follows
 every epoch it is re-aimed at the steps the budget still allows (:class:`StepSchedule`), so a
 time-limited run ends at the schedule's final rate whatever ``epochs`` says.
 
-**Post-processing decision** at the end: keep-largest-component per label, decided on the best
-epoch's validation predictions (:func:`brainseg_cli.training.validation.decide_postprocessing`) and
-stored in ``best.pt`` and ``last.pt``.
+**Post-processing decision** at the end: keep-largest-component per label
+(:func:`brainseg_cli.training.validation.decide_postprocessing`), decided for ``best.pt`` on the best
+epoch's validation predictions and for ``last.pt`` on the last epoch's, and stored in each.
 
 Run folder: ``best.pt``, ``last.pt``, ``metrics.csv``, ``config.json`` (the resolved config),
 ``tensorboard/`` (event files with the same numbers), plus what the caller writes
@@ -590,6 +590,7 @@ def fit(
 
     default_pp = {name: {"largest_component": False} for name, v in sorted(labels.items(), key=lambda kv: kv[1]) if v}
     best_predictions: dict[str, np.ndarray] | None = None
+    last_predictions: dict[str, np.ndarray] | None = None
     step_losses: list[float] = []
     stop_reason = "epochs"
     segment_start = time.perf_counter()
@@ -685,6 +686,7 @@ def fit(
                                    device=device)
                     if train_mode_hook is not None:
                         train_mode_hook(model)
+                    last_predictions = val.predictions if decision["out_of_time"] or epoch + 1 >= config.epochs else None
                     improved = math.isfinite(val.mean) and val.mean > state.best_val_dice
                     if improved:
                         state.best_val_dice = val.mean
@@ -744,11 +746,12 @@ def fit(
         tensorboard.close()
         _close(data_iter)
 
-    # Post-processing decision on the best epoch's predictions (rank 0), stored in both checkpoints.
+    # Post-processing decisions (rank 0): each checkpoint's on its own epoch's validation predictions.
     postprocessing = default_pp
     if ctx.is_main:
         postprocessing = _decide_and_store(run_dir, model=model, dataset=dataset, val_cases=val_cases, plan=plan,
-                                           labels=labels, entities=entities, predictions=best_predictions,
+                                           labels=labels, entities=entities,
+                                           predictions={BEST: best_predictions, LAST: last_predictions},
                                            precision=runtime.precision, device=device)
     postprocessing = D.broadcast_object(postprocessing, ctx)
     best = D.broadcast_object((state.best_epoch, state.best_val_dice, state.best_val), ctx)
@@ -874,30 +877,41 @@ def _restore(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, 
 
 def _decide_and_store(run_dir: Path, *, model: nn.Module, dataset: TrainingCases, val_cases: Sequence[str],
                       plan: Mapping[str, Any], labels: Mapping[str, int], entities: Mapping[str, Sequence[int]],
-                      predictions: Mapping[str, np.ndarray] | None, precision: str,
+                      predictions: Mapping[str, Mapping[str, np.ndarray] | None], precision: str,
                       device: torch.device) -> dict[str, dict[str, bool]]:
-    """Decide the post-processing on the best checkpoint and write it into ``best.pt`` and ``last.pt``."""
-    best_path = run_dir / BEST
-    if not best_path.exists():
-        logger.warning("no best checkpoint (validation never produced a finite Dice): post-processing stays off")
-        return {name: {"largest_component": False} for name, v in labels.items() if v}
-    best = load_checkpoint(best_path)
-    references = {case: dataset.load_case(case)[1] for case in val_cases}
-    if predictions is None or set(predictions) != set(val_cases):
-        # The best epoch ran before a resume: predict again with its weights.
-        import copy
+    """Decide the post-processing of ``best.pt`` and of ``last.pt``, each on its own weights' predictions.
 
-        net = copy.deepcopy(model)
-        net.load_state_dict({k: v.to(device) for k, v in best["state_dict"].items()})
-        result = validate(net, _val_iter(dataset, val_cases), plan=plan, entities=entities, precision=precision,
-                          device=device)
-        predictions = result.predictions
-    decision = decide_postprocessing(predictions, references, labels=labels, entities=entities)
-    for path in (best_path, run_dir / LAST):
+    Args:
+        predictions: checkpoint file name (:data:`BEST`, :data:`LAST`) -> validation case -> predicted
+            label map (Z, Y, X), or None where that epoch's predictions are not at hand (it ran before
+            a resume): the checkpoint's weights then predict the validation cases again.
+
+    Returns:
+        The decision stored in ``best.pt`` (the one :class:`TrainResult` reports); with no best
+        checkpoint (validation never produced a finite Dice), post-processing off and nothing written.
+    """
+    off = {name: {"largest_component": False} for name, v in labels.items() if v}
+    if not (run_dir / BEST).exists():
+        logger.warning("no best checkpoint (validation never produced a finite Dice): post-processing stays off")
+        return off
+    references = {case: dataset.load_case(case)[1] for case in val_cases}
+    decided: dict[str, dict[str, dict[str, bool]]] = {}
+    for name in (BEST, LAST):
+        path = run_dir / name
         if not path.exists():
             continue
-        ckpt = best if path == best_path else load_checkpoint(path)
+        ckpt = load_checkpoint(path)
+        preds = predictions.get(name)
+        if preds is None or set(preds) != set(val_cases):
+            import copy
+
+            net = copy.deepcopy(model)
+            net.load_state_dict({k: v.to(device) for k, v in ckpt["state_dict"].items()})
+            preds = validate(net, _val_iter(dataset, val_cases), plan=plan, entities=entities, precision=precision,
+                             device=device).predictions
+        decision = decide_postprocessing(preds, references, labels=labels, entities=entities)
         ckpt["postprocessing"] = decision.postprocessing
         ckpt["training"]["val_dice_postprocessed"] = decision.dice_after
         save_checkpoint(path, ckpt)
-    return decision.postprocessing
+        decided[name] = decision.postprocessing
+    return decided.get(BEST, off)

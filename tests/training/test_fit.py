@@ -77,7 +77,8 @@ def test_checkpoints_are_self_describing_and_loadable(trained):
     assert best["model"]["name"] == "unet" and best["labels"] == {"background": 0, "outer": 1, "inner": 2}
     assert best["channels"] == ["T1", "FLAIR"] and best["regions"] == {}
     assert list(best["postprocessing"]) == ["all foreground", "outer", "inner"]
-    assert best["postprocessing"] == trained.postprocessing == last["postprocessing"]
+    assert best["postprocessing"] == trained.postprocessing
+    assert list(last["postprocessing"]) == list(best["postprocessing"])
     assert best["training"]["epoch"] == trained.best_epoch and best["training"]["seed"] == 0
     assert best["training"]["config"]["iterations_per_epoch"] == 10
     assert "optimizer" not in best and {"optimizer", "scheduler", "rng"} <= set(last)
@@ -88,6 +89,35 @@ def test_checkpoints_are_self_describing_and_loadable(trained):
     config = json.loads((trained.run_dir / "config.json").read_text())
     assert config["train_config"]["epochs"] == 3 and config["val_cases"] == VAL
     assert config["optimizer"] == {"optimizer": "sgd", "lr": 0.01, "schedule": "poly", "weight_decay": 3e-5}
+
+
+def test_each_checkpoint_decides_postprocessing_on_its_own_predictions(tmp_path, monkeypatch):
+    from brainseg_cli.training import fit as fit_module
+    from brainseg_cli.training.validation import validate, validation_entities
+
+    seen = []
+    real = fit_module.decide_postprocessing
+
+    def spy(predictions, references, **kwargs):
+        seen.append({case: pred.copy() for case, pred in predictions.items()})
+        return real(predictions, references, **kwargs)
+
+    monkeypatch.setattr(fit_module, "decide_postprocessing", spy)
+    # An lr this high makes the first epoch the best of four (deterministic fp32 on one thread), so
+    # the two checkpoints hold different weights.
+    result = run(tmp_path, epochs=4, iterations_per_epoch=3, val_every=1, lr=1.0, precision="fp32",
+                 deterministic=True)
+    assert result.best_epoch < 3 and len(seen) == 2  # best.pt, then last.pt
+    labels = {"background": 0, "outer": 1, "inner": 2}
+    entities = validation_entities(labels=labels, regions={}, region_based=False)
+    dataset = cube_cases(4)
+    for ckpt_path, predictions in zip((result.best_checkpoint, result.last_checkpoint), seen):
+        ckpt = load_checkpoint(ckpt_path)
+        own = validate(build_model_from_checkpoint(ckpt), ((c, *dataset.load_case(c)) for c in VAL), plan=cube_plan(),
+                       entities=entities, precision=ckpt["training"]["precision"]).predictions
+        assert set(own) == set(predictions) == set(VAL)
+        for case in VAL:
+            np.testing.assert_array_equal(own[case], predictions[case])
 
 
 def test_resume_after_interruption_is_bit_identical(tmp_path):
