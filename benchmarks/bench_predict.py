@@ -12,6 +12,12 @@ All in one process, on the same weights and the same case (``../shared/data/brat
 2. **The default CPU plan** (2 mm "3d lowres", as ``make_plan`` chooses on a CPU): end-to-end time,
    network share, fp32 against ``--precision bf16`` (speed-up and per-label Dice agreement, target
    >= 0.99), and the peak resident memory of a separate ``predict`` process (target < 3 GB).
+3. **A folder of cases** (all 9 of ``brats2018_deepbrainseg``, the default plan): seconds per case
+   end to end and in the network, with ``predict``'s read-ahead (the next case read and
+   preprocessed in a background thread while the network predicts the current one) and with it
+   switched off (each case read, prepared and predicted in turn), best of ``--repeats``. On a CPU
+   the reading thread and the network share the cores, so the network's own time grows; on a GPU
+   it would not.
 
 Each figure is given as wall-clock and as process CPU time (user + system, all threads): on a shared
 machine the CPU time is the steadier of the two.
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import resource
 import subprocess
 import sys
@@ -151,6 +158,36 @@ def run_ours(ckpt: Path, case_dir: Path, out: Path, **options) -> tuple[tuple[fl
     return seconds, (sum(t.seconds for t in timers), sum(t.cpu for t in timers)), labels
 
 
+def run_folder(ckpt: Path, folder: Path, out: Path, *, read_ahead: bool) -> tuple[int, float, float]:
+    """``predict_folder`` on every case of ``folder``; returns (cases, wall s, network wall s).
+
+    ``read_ahead=False`` replaces the read-ahead by reading and preparing each case when its turn
+    comes, in the main thread (what ``predict`` did before it read ahead).
+    """
+    from brainseg_cli.inference import predictor as predictor_module
+    from brainseg_cli.inference.predict import PredictConfig, _Prefetcher, predict_folder
+
+    timers: list[NetTimer] = []
+    original_load, original_get = predictor_module.load_member, _Prefetcher.get
+
+    def timed_load(path, *, device):
+        member = original_load(path, device=device)
+        timers.append(NetTimer(member.network))
+        return member
+
+    predictor_module.load_member = timed_load
+    if not read_ahead:
+        _Prefetcher.get = lambda self, index: self._load(self._cases[index])
+    try:
+        t0 = time.perf_counter()
+        summary = predict_folder(config=PredictConfig(models=(ckpt,), input=folder, output=out, device="cpu",
+                                                      overwrite=True))
+        seconds = time.perf_counter() - t0
+    finally:
+        predictor_module.load_member, _Prefetcher.get = original_load, original_get
+    return len(summary.predicted), seconds, sum(t.seconds for t in timers)
+
+
 def run_monai(net: torch.nn.Module, case_dir: Path, out: Path, patch, overlap: float):
     """The plain MONAI pipeline; returns ((wall, cpu) s, network (wall, cpu) s)."""
     from monai.data import MetaTensor
@@ -197,6 +234,7 @@ def main() -> None:
     parser.add_argument("--case", default="Brats18_2013_20_1")
     parser.add_argument("--fit-steps", type=int, default=60)
     parser.add_argument("--skip-monai", action="store_true", help="skip the (slow) native-resolution comparison")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of the folder comparison (best is kept)")
     args = parser.parse_args()
 
     from brainseg_cli.training.checkpoint import build_model_from_checkpoint, load_checkpoint
@@ -253,6 +291,20 @@ def main() -> None:
                  ("native: brainseg / its network time (target <= 1.25)", ratio(t_ours, n_ours)),
                  ("native: network time brainseg crop (s)", n_ours), ("native: network time no crop (s)", n_nocrop),
                  ("native: network time MONAI, sw_batch_size 1 (s)", n_monai)]
+
+    # ---- 3. a folder of cases: read-ahead on and off, alternating
+    best: dict[bool, tuple[int, float, float]] = {}
+    for _ in range(args.repeats):
+        for read_ahead in (False, True):
+            n, wall, network = run_folder(default_ckpt, DATA.resolve(), tmp / "folder", read_ahead=read_ahead)
+            if read_ahead not in best or wall < best[read_ahead][1]:
+                best[read_ahead] = (n, wall, network)
+    for read_ahead, label in ((True, "read-ahead"), (False, "no read-ahead")):
+        n, wall, network = best[read_ahead]
+        rows += [(f"folder of {n}, {label}: end to end per case (s)", (wall / n, math.nan)),
+                 (f"folder of {n}, {label}: network per case (s)", (network / n, math.nan)),
+                 (f"folder of {n}, {label}: end to end / network", (wall / network, math.nan))]
+    rows.append(("folder: read-ahead speed-up (off / on)", (best[False][1] / best[True][1], math.nan)))
 
     peak = peak_memory_gb(default_ckpt, case_dir, tmp / "mem")
     print(f"\n{'measure':<56}{'wall':>10}{'CPU':>10}")

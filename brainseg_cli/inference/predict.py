@@ -239,18 +239,68 @@ def _write_probabilities(path: Path, probs: np.ndarray, names: Sequence[str], im
             )
 
 
-def predict_case(case, *, predictor, config: PredictConfig, out: Path, columns) -> dict[str, float]:
-    """Read, predict and write one case; return its volumes ``{label name: mL}``.
+class _Prefetcher:
+    """Reads and prepares the cases to predict one ahead, in a background thread.
+
+    Reading (decompressing NIfTI, decoding TIFF) and preprocessing (brain mask, normalisation,
+    resampling: :meth:`~brainseg_cli.inference.predictor.Predictor.prepare`) of the next case then
+    overlap with the network's work on the current one instead of adding to it: on a GPU they are
+    hidden, on a CPU they share the cores. At most two cases are held: the one being predicted and
+    the next. A case that cannot be read or prepared raises its error from :meth:`get`, in the
+    caller's thread, when its turn comes.
+    """
+
+    def __init__(self, cases: Sequence, *, predictor, channel_order: Sequence[str] | None) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._cases = list(cases)
+        self._predictor = predictor
+        self._channel_order = channel_order
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="brainseg-read")
+        self._ahead: dict[int, Any] = {}
+
+    def _load(self, case):
+        from brainseg_cli.inference.inputs import load_case
+
+        loaded = load_case(case, channels=self._predictor.channels, channel_order=self._channel_order)
+        return loaded, self._predictor.prepare(loaded.image, case=case.case)
+
+    def get(self, index: int):
+        """``(loaded case, prepared case)`` of case ``index``; starts on the next one.
+
+        Raises:
+            InputError: case ``index`` cannot be read or prepared (names the case).
+        """
+        future = self._ahead.pop(index, None) or self._executor.submit(self._load, self._cases[index])
+        if index + 1 < len(self._cases) and index + 1 not in self._ahead:
+            self._ahead[index + 1] = self._executor.submit(self._load, self._cases[index + 1])
+        return future.result()
+
+    def close(self) -> None:
+        """Drop what was read ahead and stop the thread."""
+        for future in self._ahead.values():
+            future.cancel()
+        self._ahead.clear()
+        self._executor.shutdown(wait=True)
+
+
+def predict_case(case, loaded, prepared, *, predictor, config: PredictConfig, out: Path,
+                 columns) -> dict[str, float]:
+    """Predict and write one case; return its volumes ``{label name: mL}``.
+
+    Args:
+        case: the case (from :func:`~brainseg_cli.inference.inputs.discover_cases`).
+        loaded: the case as read by :func:`~brainseg_cli.inference.inputs.load_case`.
+        prepared: ``loaded.image`` prepared by :meth:`~brainseg_cli.inference.predictor.Predictor.prepare`.
 
     Raises:
-        InputError: the case cannot be read or predicted (names the case).
+        InputError: the case cannot be predicted (names the case).
     """
-    from brainseg_cli.inference.inputs import load_case
     from brainseg_cli.io import atomic_dir, write_image
     from brainseg_cli.io.slices import write_lgg_masks
 
-    loaded = load_case(case, channels=predictor.channels, channel_order=config.channel_order)
-    labels, probs = predictor.predict(loaded.image, case=case.case, lcc=config.lcc)
+    probs = predictor.predict_prepared(prepared)
+    labels = predictor.labels_from_probabilities(probs, lcc=config.lcc)
     volumes = _volumes(labels, loaded.image.spacing, columns)
     paths = _output_paths(case, out, config.save_probabilities)
     if config.save_probabilities:
@@ -312,10 +362,16 @@ def predict_folder(
                 config.output, len(predictor.members), predictor.device)
     if progress is not None:
         progress("", 0, total)
+    # Cases whose outputs all exist are skipped (an interrupted run continues); the others are read
+    # one ahead while the current one is predicted. position: index in cases -> index in to_predict.
+    position = {i: j for j, i in enumerate(
+        i for i, case in enumerate(cases)
+        if config.overwrite or not all(p.exists() for p in _output_paths(case, out, config.save_probabilities)))}
+    reader = _Prefetcher([cases[i] for i in position], predictor=predictor, channel_order=config.channel_order)
     try:
         for done, case in enumerate(cases, start=1):
             paths = _output_paths(case, out, config.save_probabilities)
-            if not config.overwrite and all(p.exists() for p in paths):
+            if done - 1 not in position:
                 skipped.append(case.case)
                 try:
                     volumes[case.case] = previous.get(case.case) or _volumes_from_output(
@@ -326,7 +382,10 @@ def predict_folder(
             else:
                 t0 = time.perf_counter()
                 try:
-                    volumes[case.case] = predict_case(case, predictor=predictor, config=config, out=out, columns=columns)
+                    loaded, prepared = reader.get(position[done - 1])
+                    volumes[case.case] = predict_case(case, loaded, prepared, predictor=predictor, config=config,
+                                                      out=out, columns=columns)
+                    del loaded, prepared
                 except InputError as exc:
                     if not config.skip_invalid:
                         raise
@@ -339,6 +398,7 @@ def predict_folder(
             if progress is not None:
                 progress(case.case, done, total)
     finally:
+        reader.close()
         if volumes or previous:
             _write_csv(csv_path, {**previous, **volumes}, columns)
     return PredictSummary(output=out, predicted=tuple(predicted), skipped=tuple(skipped), failed=tuple(failed),

@@ -1,6 +1,6 @@
 """The predictor: an ensemble of checkpoints that turns one input volume into probabilities and labels.
 
-Per case (:meth:`Predictor.predict`):
+Per case (:meth:`Predictor.predict`, or :meth:`Predictor.prepare` then :meth:`Predictor.predict_prepared`):
 
 1. each checkpoint's plan preprocesses the image exactly as in training
    (:func:`brainseg_cli.data.preprocessing.preprocess_case`: reorientation, brain crop,
@@ -135,6 +135,17 @@ def load_member(path: str | os.PathLike[str], *, device: torch.device) -> Ensemb
     network.eval()
     meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "optimizer", "scheduler", "rng")}
     return EnsembleMember(path=path, checkpoint=meta, network=network)
+
+
+@dataclass(frozen=True)
+class PreparedCase:
+    """One case checked and preprocessed by :meth:`Predictor.prepare`, ready for the network."""
+
+    case: str
+    """The case id."""
+    groups: tuple[tuple[tuple[EnsembleMember, ...], np.ndarray, Any], ...]
+    """Per group of checkpoints sharing a plan: the members, the network input ``(C, x, y, z)``
+    float32 and the :class:`~brainseg_cli.data.preprocessing.PreprocessInfo` that undoes it."""
 
 
 class Predictor:
@@ -313,8 +324,11 @@ class Predictor:
         )
         return probs.numpy()
 
-    def predict_probabilities(self, image: Image, *, case: str = "<image>") -> np.ndarray:
-        """Ensemble probabilities of one volume on its own grid.
+    def prepare(self, image: Image, *, case: str = "<image>") -> PreparedCase:
+        """Check one volume and preprocess it for every plan of the ensemble (no network involved).
+
+        Separate from :meth:`predict_prepared` so that a caller can prepare the next case (in
+        another thread) while the network predicts the current one.
 
         Args:
             image: ``(C, X, Y, Z)`` image with channels in :attr:`channels` order (a one-channel
@@ -322,13 +336,13 @@ class Predictor:
             case: the case id, named in error messages.
 
         Returns:
-            ``(K, X, Y, Z)`` float32: softmax class probabilities (K = number of labels) or sigmoid
-            region probabilities (K = number of regions), on the input's voxel grid.
+            The :class:`PreparedCase`: per group of checkpoints sharing a plan, the network input
+            ``(C, x, y, z)`` float32 and what undoes the preprocessing.
 
         Raises:
             InputError: wrong channel count, a 2-D image, or NaN/inf voxels.
         """
-        from brainseg_cli.data.preprocessing import preprocess_case, restore_to_original
+        from brainseg_cli.data.preprocessing import preprocess_case
 
         if image.spatial_dims != 3:
             raise InputError(f"case {case}: a {image.spatial_dims}-D image, but the model predicts 3-D volumes")
@@ -340,20 +354,50 @@ class Predictor:
         groups: dict[str, list[EnsembleMember]] = {}
         for m in self.members:
             groups.setdefault(_plan_key(m.plan), []).append(m)
-        total = np.zeros((0,), dtype=np.float32)
-        for index, members in enumerate(groups.values()):
+        inputs = []
+        for members in groups.values():
             data, _, info = preprocess_case(image, members[0].plan)
             logger.debug("case %s: preprocessed %s -> %s", case, image.spatial_shape, data.shape[1:])
+            inputs.append((tuple(members), data, info))
+        return PreparedCase(case=case, groups=tuple(inputs))
+
+    def predict_prepared(self, prepared: PreparedCase) -> np.ndarray:
+        """Ensemble probabilities of a case from :meth:`prepare`, on the input's own grid.
+
+        Returns:
+            ``(K, X, Y, Z)`` float32: softmax class probabilities (K = number of labels) or sigmoid
+            region probabilities (K = number of regions), on the input's voxel grid.
+        """
+        from brainseg_cli.data.preprocessing import restore_to_original
+
+        total = np.zeros((0,), dtype=np.float32)
+        for index, (members, data, info) in enumerate(prepared.groups):
             acc = self._predict_member(members[0], data)
             for m in members[1:]:
                 acc += self._predict_member(m, data)
             acc /= len(members)
             restored = restore_to_original(acc, info, background_class=not self.region_based)
             del acc
-            if len(groups) > 1:  # weigh each group by its number of members
+            if len(prepared.groups) > 1:  # weigh each group by its number of members
                 restored *= len(members) / len(self.members)
             total = restored if index == 0 else total + restored
         return total.astype(np.float32, copy=False)
+
+    def predict_probabilities(self, image: Image, *, case: str = "<image>") -> np.ndarray:
+        """Ensemble probabilities of one volume on its own grid: :meth:`prepare`, then :meth:`predict_prepared`.
+
+        Args:
+            image: ``(C, X, Y, Z)`` image with channels in :attr:`channels` order (a one-channel
+                image may omit the channel axis).
+            case: the case id, named in error messages.
+
+        Returns:
+            ``(K, X, Y, Z)`` float32 probabilities on the input's voxel grid.
+
+        Raises:
+            InputError: wrong channel count, a 2-D image, or NaN/inf voxels.
+        """
+        return self.predict_prepared(self.prepare(image, case=case))
 
     def labels_from_probabilities(self, probs: np.ndarray, *, lcc: str = "auto") -> np.ndarray:
         """Label map from probabilities: argmax or region order, then largest-component post-processing.

@@ -122,6 +122,46 @@ def test_bad_case_and_skip_invalid(tmp_path, fitted_checkpoint):
     assert [case for case, _ in summary.failed] == ["b"] and "model needs 2" in summary.failed[0][1]
 
 
+def test_cases_are_read_one_ahead_in_a_background_thread(tmp_path, fitted_checkpoint, monkeypatch):
+    import threading
+
+    from brainseg_cli.inference import inputs, predict
+    from brainseg_cli.inference.predictor import Predictor
+
+    folder = write_dataset_folder(tmp_path / "in", {f"c{i}": _case(50 + i)[0] for i in range(3)})
+    write_image(_case(53)[0].channel(0), folder / "c3_0000.nii.gz")  # c3 lacks its second channel
+    reads, read_started, ahead = [], {f"c{i}": threading.Event() for i in range(4)}, {}
+    real_load, real_predict, real_prepare = inputs.load_case, predict.predict_case, Predictor.prepare
+    prepared_in_main = []
+    next_case = {"c0": "c2", "c2": "c3"}  # c1 is skipped below
+
+    def load(case, **kwargs):
+        reads.append((case.case, threading.current_thread() is threading.main_thread()))
+        read_started[case.case].set()
+        return real_load(case, **kwargs)
+
+    def predict_one(case, loaded, prepared, **kwargs):
+        # While a case is predicted, the next one to predict is being read (not only after).
+        ahead[case.case] = read_started[next_case[case.case]].wait(timeout=60)
+        return real_predict(case, loaded, prepared, **kwargs)
+
+    def prepare(self, image, *, case):
+        prepared_in_main.append(threading.current_thread() is threading.main_thread())
+        return real_prepare(self, image, case=case)
+
+    monkeypatch.setattr(inputs, "load_case", load)
+    monkeypatch.setattr(predict, "predict_case", predict_one)
+    monkeypatch.setattr(Predictor, "prepare", prepare)
+    (tmp_path / "out").mkdir()
+    write_image(_case(1)[0].channel(0), tmp_path / "out" / "c1.nii.gz")  # c1 done: skipped, never read
+    summary = predict_folder(config=PredictConfig(models=(fitted_checkpoint,), input=folder, output=tmp_path / "out",
+                                                  device="cpu", skip_invalid=True))
+    assert summary.predicted == ("c0", "c2") and summary.skipped == ("c1",) and summary.failed[0][0] == "c3"
+    assert reads == [("c0", False), ("c2", False), ("c3", False)]  # each case read once, off the main thread
+    assert prepared_in_main == [False, False]  # c0 and c2 preprocessed there too (c3 fails when read)
+    assert ahead == {"c0": True, "c2": True}
+
+
 def test_lgg_tiff_output(tmp_path):
     ckpt = random_checkpoint(tmp_path / "lgg.pt", config="2d", channels=("T1", "FLAIR", "T1c"), patch_size=(16, 16),
                              slice_axis=2, labels={"background": 0, "abnormality": 1})
