@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -132,11 +133,10 @@ class NetTimer:
             h.remove()
 
 
-def run_ours(ckpt: Path, case_dir: Path, out: Path, **options) -> tuple[tuple[float, float], tuple[float, float], np.ndarray]:
-    """``predict_folder`` on one case; returns ((wall, cpu) s, network (wall, cpu) s, labels)."""
+@contextmanager
+def timed_networks():
+    """Within the block, every network ``predict`` loads is timed; yields the list of :class:`NetTimer`."""
     from brainseg_cli.inference import predictor as predictor_module
-    from brainseg_cli.inference.predict import PredictConfig, predict_folder
-    from brainseg_cli.io import read_image
 
     timers: list[NetTimer] = []
     original = predictor_module.load_member
@@ -148,12 +148,21 @@ def run_ours(ckpt: Path, case_dir: Path, out: Path, **options) -> tuple[tuple[fl
 
     predictor_module.load_member = timed_load
     try:
+        yield timers
+    finally:
+        predictor_module.load_member = original
+
+
+def run_ours(ckpt: Path, case_dir: Path, out: Path, **options) -> tuple[tuple[float, float], tuple[float, float], np.ndarray]:
+    """``predict_folder`` on one case; returns ((wall, cpu) s, network (wall, cpu) s, labels)."""
+    from brainseg_cli.inference.predict import PredictConfig, predict_folder
+    from brainseg_cli.io import read_image
+
+    with timed_networks() as timers:
         t0, c0 = time.perf_counter(), time.process_time()
         predict_folder(config=PredictConfig(models=(ckpt,), input=case_dir, output=out, device="cpu", lcc="off",
                                             overwrite=True, **options))
         seconds = (time.perf_counter() - t0, time.process_time() - c0)
-    finally:
-        predictor_module.load_member = original
     labels = np.asarray(read_image(out / f"{case_dir.name}.nii.gz").array)
     return seconds, (sum(t.seconds for t in timers), sum(t.cpu for t in timers)), labels
 
@@ -164,27 +173,19 @@ def run_folder(ckpt: Path, folder: Path, out: Path, *, read_ahead: bool) -> tupl
     ``read_ahead=False`` replaces the read-ahead by reading and preparing each case when its turn
     comes, in the main thread (what ``predict`` did before it read ahead).
     """
-    from brainseg_cli.inference import predictor as predictor_module
     from brainseg_cli.inference.predict import PredictConfig, _Prefetcher, predict_folder
 
-    timers: list[NetTimer] = []
-    original_load, original_get = predictor_module.load_member, _Prefetcher.get
-
-    def timed_load(path, *, device):
-        member = original_load(path, device=device)
-        timers.append(NetTimer(member.network))
-        return member
-
-    predictor_module.load_member = timed_load
+    original_get = _Prefetcher.get
     if not read_ahead:
         _Prefetcher.get = lambda self, index: self._load(self._cases[index])
     try:
-        t0 = time.perf_counter()
-        summary = predict_folder(config=PredictConfig(models=(ckpt,), input=folder, output=out, device="cpu",
-                                                      overwrite=True))
-        seconds = time.perf_counter() - t0
+        with timed_networks() as timers:
+            t0 = time.perf_counter()
+            summary = predict_folder(config=PredictConfig(models=(ckpt,), input=folder, output=out, device="cpu",
+                                                          overwrite=True))
+            seconds = time.perf_counter() - t0
     finally:
-        predictor_module.load_member, _Prefetcher.get = original_load, original_get
+        _Prefetcher.get = original_get
     return len(summary.predicted), seconds, sum(t.seconds for t in timers)
 
 
