@@ -27,7 +27,7 @@ and ``Brats18_TCIA13_623_1`` (the only LGG); the other 7 (all HGG) train.
 
     python benchmarks/brats_cpu_20min.py [--minutes 20] [--config 2d|3d] [--epochs N]
         [--slice-weighting uniform|foreground] [--precision auto|fp32|bf16] [--no-tta]
-        [--checkpoint last|best] [-o OUT]
+        [--checkpoint last|best] [--seed N] [-o OUT]
 
 Target (issue #5): whole-tumour Dice >= 0.85 and above a plain MONAI baseline at equal budget (a
 MONAI 2-D U-Net reached WT 0.84 / TC 0.76 / ET 0.59 on other real BraTS 2018 cases; a MONAI 3-D
@@ -200,7 +200,7 @@ def write_results(out: Path, *, args: argparse.Namespace, scores: dict, others: 
 
     t = training
     lines = [
-        f"# BraTS 2018, {args.minutes:g}-minute CPU budget ({t['config']})",
+        f"# BraTS 2018, {args.minutes:g}-minute CPU budget ({t['config']}, seed {args.seed})",
         "",
         f"Trained on {len(TRAIN)} cases ({', '.join(TRAIN)}); validation case(s) inside them: "
         f"{', '.join(t['val_cases'] or [])}. Held out: {', '.join(HELD_OUT)}.",
@@ -276,6 +276,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", choices=("last", "best"), default="last",
                         help="the checkpoint whose scores head the results (default last, the final weights); "
                              "the other is scored too, for comparison")
+    parser.add_argument("--seed", type=int, default=0, help="pretrain --seed (default 0, pretrain's default)")
     parser.add_argument("--epochs", type=int, default=MAX_EPOCHS,
                         help=f"pretrain --epochs, an upper bound (default {MAX_EPOCHS}): the learning-rate "
                              "schedule follows --minutes")
@@ -305,7 +306,7 @@ def main() -> None:
     pretrain = ["pretrain", str(out / "brats18_train"), "-o", str(out / "run"), "--regions", "brats",
                 "--config", args.config, "--max-time", f"{args.minutes:g}", "--val-cases", "1", "--device", "cpu",
                 "--iterations", str(ITERATIONS), "--val-every", str(VAL_EVERY)]
-    pretrain += ["--epochs", str(args.epochs), "--precision", args.precision]
+    pretrain += ["--epochs", str(args.epochs), "--precision", args.precision, "--seed", str(args.seed)]
     if args.config == "2d":
         pretrain += ["--slice-weighting", args.slice_weighting]
     run_step("pretrain", pretrain, logs, steps)
