@@ -590,7 +590,7 @@ def fit(
 
     default_pp = {name: {"largest_component": False} for name, v in sorted(labels.items(), key=lambda kv: kv[1]) if v}
     best_predictions: dict[str, np.ndarray] | None = None
-    last_predictions: dict[str, np.ndarray] | None = None
+    last_validated: tuple[int, dict[str, np.ndarray]] | None = None  # (epoch, its validation predictions)
     step_losses: list[float] = []
     stop_reason = "epochs"
     segment_start = time.perf_counter()
@@ -686,7 +686,7 @@ def fit(
                                    device=device)
                     if train_mode_hook is not None:
                         train_mode_hook(model)
-                    last_predictions = val.predictions if decision["out_of_time"] or epoch + 1 >= config.epochs else None
+                    last_validated = (epoch, val.predictions)
                     improved = math.isfinite(val.mean) and val.mean > state.best_val_dice
                     if improved:
                         state.best_val_dice = val.mean
@@ -751,7 +751,9 @@ def fit(
     if ctx.is_main:
         postprocessing = _decide_and_store(run_dir, model=model, dataset=dataset, val_cases=val_cases, plan=plan,
                                            labels=labels, entities=entities,
-                                           predictions={BEST: best_predictions, LAST: last_predictions},
+                                           predictions={BEST: best_predictions,
+                                                        LAST: last_validated[1] if last_validated is not None
+                                                        and last_validated[0] == epoch else None},
                                            precision=runtime.precision, device=device)
     postprocessing = D.broadcast_object(postprocessing, ctx)
     best = D.broadcast_object((state.best_epoch, state.best_val_dice, state.best_val), ctx)
