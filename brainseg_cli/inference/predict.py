@@ -363,11 +363,11 @@ def predict_folder(
     if progress is not None:
         progress("", 0, total)
     # Cases whose outputs all exist are skipped (an interrupted run continues); the others are read
-    # one ahead while the current one is predicted. position: index in cases -> index in to_predict.
-    position = {i: j for j, i in enumerate(
-        i for i, case in enumerate(cases)
-        if config.overwrite or not all(p.exists() for p in _output_paths(case, out, config.save_probabilities)))}
-    reader = _Prefetcher([cases[i] for i in position], predictor=predictor, channel_order=config.channel_order)
+    # one ahead while the current one is predicted. position: index in cases -> index in todo.
+    todo = [i for i, case in enumerate(cases)
+            if config.overwrite or not all(p.exists() for p in _output_paths(case, out, config.save_probabilities))]
+    position = {i: j for j, i in enumerate(todo)}
+    reader = _Prefetcher([cases[i] for i in todo], predictor=predictor, channel_order=config.channel_order)
     try:
         for done, case in enumerate(cases, start=1):
             paths = _output_paths(case, out, config.save_probabilities)
@@ -382,10 +382,9 @@ def predict_folder(
             else:
                 t0 = time.perf_counter()
                 try:
-                    loaded, prepared = reader.get(position[done - 1])
-                    volumes[case.case] = predict_case(case, loaded, prepared, predictor=predictor, config=config,
-                                                      out=out, columns=columns)
-                    del loaded, prepared
+                    # No local names for the case's arrays: they are freed as soon as it is written.
+                    volumes[case.case] = predict_case(case, *reader.get(position[done - 1]), predictor=predictor,
+                                                      config=config, out=out, columns=columns)
                 except InputError as exc:
                     if not config.skip_invalid:
                         raise

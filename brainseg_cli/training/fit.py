@@ -885,8 +885,10 @@ def _decide_and_store(run_dir: Path, *, model: nn.Module, dataset: TrainingCases
 
     Args:
         predictions: checkpoint file name (:data:`BEST`, :data:`LAST`) -> validation case -> predicted
-            label map (Z, Y, X), or None where that epoch's predictions are not at hand (it ran before
-            a resume): the checkpoint's weights then predict the validation cases again.
+            label map (x, y, z) in the preprocessed space, or None where that epoch's predictions are
+            not at hand (it ran before a resume): the checkpoint's weights then predict the validation
+            cases again. When both names hold the same predictions (the best epoch is the last), the
+            decision is made once.
 
     Returns:
         The decision stored in ``best.pt`` (the one :class:`TrainResult` reports); with no best
@@ -898,6 +900,7 @@ def _decide_and_store(run_dir: Path, *, model: nn.Module, dataset: TrainingCases
         return off
     references = {case: dataset.load_case(case)[1] for case in val_cases}
     decided: dict[str, dict[str, dict[str, bool]]] = {}
+    made: dict[int, tuple[Any, Any]] = {}  # id of a predictions mapping -> (that mapping, its decision)
     for name in (BEST, LAST):
         path = run_dir / name
         if not path.exists():
@@ -911,7 +914,9 @@ def _decide_and_store(run_dir: Path, *, model: nn.Module, dataset: TrainingCases
             net.load_state_dict({k: v.to(device) for k, v in ckpt["state_dict"].items()})
             preds = validate(net, _val_iter(dataset, val_cases), plan=plan, entities=entities, precision=precision,
                              device=device).predictions
-        decision = decide_postprocessing(preds, references, labels=labels, entities=entities)
+        if id(preds) not in made:  # the mapping is kept with its decision, so its id is not reused
+            made[id(preds)] = (preds, decide_postprocessing(preds, references, labels=labels, entities=entities))
+        decision = made[id(preds)][1]
         ckpt["postprocessing"] = decision.postprocessing
         ckpt["training"]["val_dice_postprocessed"] = decision.dice_after
         save_checkpoint(path, ckpt)

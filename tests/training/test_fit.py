@@ -120,6 +120,19 @@ def test_each_checkpoint_decides_postprocessing_on_its_own_predictions(tmp_path,
             np.testing.assert_array_equal(own[case], predictions[case])
 
 
+def test_postprocessing_decided_once_when_the_best_epoch_is_the_last(tmp_path, monkeypatch):
+    from brainseg_cli.training import fit as fit_module
+
+    calls = []
+    real = fit_module.decide_postprocessing
+    monkeypatch.setattr(fit_module, "decide_postprocessing", lambda *a, **k: calls.append(1) or real(*a, **k))
+    result = run(tmp_path, epochs=4, iterations_per_epoch=3, val_every=1, lr=0.05, precision="fp32",
+                 deterministic=True)
+    assert result.best_epoch == 3 and len(calls) == 1
+    best, last = load_checkpoint(result.best_checkpoint), load_checkpoint(result.last_checkpoint)
+    assert best["postprocessing"] == last["postprocessing"] == result.postprocessing
+
+
 def test_resume_after_interruption_is_bit_identical(tmp_path):
     options = {"epochs": 3, "iterations_per_epoch": 4, "deterministic": True}
     straight = run(tmp_path, "straight", **options)
