@@ -10,7 +10,8 @@ BraTS 2018 cases of ``../shared/data/brats2018_deepbrainseg`` (read in place, ne
    tool makes for a CPU, for ``--max-time MINUTES``. ``--epochs`` is only an upper bound: with a
    time budget the poly learning-rate schedule follows the clock (it is re-aimed after every epoch
    at the steps the budget still allows), validation every 2 epochs and after the last;
-   ``--precision fp32`` (``--precision`` and ``--slice-weighting`` can be changed);
+   ``--precision fp32`` (``--precision``, ``--slice-weighting``, ``--aug-preset``, ``--loss`` and
+   ``--batch-dice/--no-batch-dice`` can be changed);
 3. ``brainseg predict`` the held-out dataset's ``imagesTr`` with ``best.pt`` (``--checkpoint best``,
    the default: the epoch with the best validation Dice), with ``--tta`` (mirroring, as nnU-Net
    predicts by default; ``--no-tta`` to switch it off); then again with the other checkpoint
@@ -27,7 +28,8 @@ Split (fixed, not random): held out ``Brats18_CBICA_AQN_1`` (HGG, the smallest t
 and ``Brats18_TCIA13_623_1`` (the only LGG); the other 7 (all HGG) train.
 
     python benchmarks/brats_cpu_20min.py [--minutes 20] [--config 2d|3d] [--epochs N]
-        [--slice-weighting uniform|foreground] [--precision auto|fp32|bf16] [--no-tta]
+        [--slice-weighting uniform|foreground] [--precision auto|fp32|bf16] [--aug-preset default|brats]
+        [--loss dice-ce|dice] [--batch-dice | --no-batch-dice] [--no-tta]
         [--checkpoint best|last] [--seeds N [N ...]] [-o OUT]
 
 Run-to-run spread is large (three seeds gave WT 0.811-0.862): judge a change by the mean of
@@ -157,6 +159,8 @@ def read_training(run: Path) -> dict:
         "best_val_dice": best[0] if best else math.nan, "best_epoch": best[1] if best else None,
         "val_cases": config.get("val_cases"), "train_cases": config.get("train_cases"),
         "decisions": plan.get("decisions", {}),
+        "batch_dice": bool((plan.get("loss") or {}).get("batch_dice", False)),
+        "augment_preset": train_cfg.get("augment_preset", "default") if train_cfg.get("augment", True) else "off",
     }
 
 
@@ -211,7 +215,8 @@ def write_results(out: Path, *, args: argparse.Namespace, seed: int, scores: dic
         "",
         f"Plan: {t['config']} {t['model']} (base features {t['base_features']}), patch "
         f"{'x'.join(map(str, t['patch']))}, batch {t['batch']}, spacing {'x'.join(f'{s:g}' for s in t['spacing'])} mm, "
-        f"region-based WT/TC/ET (sigmoid), {t['epochs']} epochs x {t['iterations_per_epoch']} = "
+        f"region-based WT/TC/ET (sigmoid), Dice {'over the batch' if t['batch_dice'] else 'per sample'}, "
+        f"augmentation `{t['augment_preset']}`, {t['epochs']} epochs x {t['iterations_per_epoch']} = "
         f"**{t['steps']} training steps** ({t['train_seconds'] / max(t['steps'], 1):.2f} s/step incl. validation; "
         f"data waits {t['data_seconds']:.0f} s); final lr {t['last_lr']:.2e}; best validation Dice "
         f"{fmt(t['best_val_dice'])} at epoch {t['best_epoch']}.",
@@ -275,6 +280,12 @@ def main() -> None:
                         help="pretrain --slice-weighting for 2-D plans (default uniform)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32",
                         help="pretrain --precision (default fp32; auto trains in bf16 on CPUs with native bf16)")
+    parser.add_argument("--aug-preset", choices=("default", "brats"), default="default",
+                        help="pretrain --aug-preset (default: default)")
+    parser.add_argument("--batch-dice", action=argparse.BooleanOptionalAction, default=None,
+                        help="pretrain --batch-dice / --sample-dice (default: the plan's, per sample)")
+    parser.add_argument("--loss", choices=("dice-ce", "dice"), default="dice-ce",
+                        help="pretrain --loss (default dice-ce: Dice + BCE for the regions)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                         help="predict with mirroring test-time augmentation (default on, as nnU-Net predicts)")
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
@@ -332,7 +343,10 @@ def run_once(args: argparse.Namespace, seed: int, out: Path) -> dict[str, dict]:
     pretrain = ["pretrain", str(out / "brats18_train"), "-o", str(out / "run"), "--regions", "brats",
                 "--config", args.config, "--max-time", f"{args.minutes:g}", "--val-cases", "1", "--device", "cpu",
                 "--iterations", str(ITERATIONS), "--val-every", str(VAL_EVERY)]
-    pretrain += ["--epochs", str(args.epochs), "--precision", args.precision, "--seed", str(seed)]
+    pretrain += ["--epochs", str(args.epochs), "--precision", args.precision, "--seed", str(seed),
+                 "--aug-preset", args.aug_preset, "--loss", args.loss]
+    if args.batch_dice is not None:
+        pretrain += ["--batch-dice" if args.batch_dice else "--sample-dice"]
     if args.config == "2d":
         pretrain += ["--slice-weighting", args.slice_weighting]
     run_step("pretrain", pretrain, logs, steps)

@@ -67,12 +67,14 @@ def finetune(
     spacing: opts.Spacing = None,
     memory_gb: opts.MemoryGb = None,
     regions: opts.RegionsOption = None,
+    batch_dice: opts.BatchDiceOption = None,
     lr: opts.LearningRate = None,
     optimizer: opts.OptimizerOption = None,
     schedule: opts.ScheduleOption = None,
     grad_clip: opts.GradClip = None,
     loss: opts.LossOption = None,
     aug: opts.Augment = None,
+    aug_preset: opts.AugPresetOption = None,
     val_cases: opts.ValCases = None,
     val_split: opts.ValSplit = None,
     fold: opts.Fold = None,
@@ -99,11 +101,12 @@ def finetune(
     cli_options: dict[str, Any] = {
         **opts.train_cli_options(
             epochs=epochs, iterations=iterations, val_every=val_every, max_time=max_time, patience=patience, lr=lr,
-            optimizer=optimizer, schedule=schedule, grad_clip=grad_clip, loss=loss, aug=aug, val_cases=val_cases,
+            optimizer=optimizer, schedule=schedule, grad_clip=grad_clip, loss=loss, aug=aug, aug_preset=aug_preset,
+            val_cases=val_cases,
             val_split=val_split, fold=fold, folds=folds, precision=precision, compile_model=compile_model,
             resume=resume, deterministic=deterministic, seed=seed, device=device, workers=workers, nproc=nproc),
         **opts.plan_cli_options(batch_size=batch_size, patch_size=patch_size, spacing=spacing, memory_gb=memory_gb,
-                                regions=regions),
+                                regions=regions, batch_dice=batch_dice),
     }
     train_config, plan_overrides = opts.resolve_cli_options(options_file=options_file, cli_options=cli_options)
     pairs = common.run(parse_channel_map, text=channel_map) if channel_map is not None else ()

@@ -50,6 +50,14 @@ class Loss(str, Enum):
     dice = "dice"
 
 
+class AugmentPreset(str, Enum):
+    """Augmentation presets."""
+
+    default = "default"
+    brats = "brats"
+    lgg = "lgg"
+
+
 class Precision(str, Enum):
     """Numeric precision of the forward pass."""
 
@@ -88,6 +96,9 @@ GradClip = Annotated[Optional[float], typer.Option("--grad-clip", min=0.0,
                                                    help="Gradient-norm clipping, 0 = off \\[default: 12].")]
 LossOption = Annotated[Optional[Loss], typer.Option("--loss", help="Training loss \\[default: dice-ce].")]
 Augment = Annotated[Optional[bool], typer.Option("--aug/--no-aug", help="Data augmentation \\[default: on].")]
+AugPresetOption = Annotated[Optional[AugmentPreset], typer.Option(
+    "--aug-preset", help="default (nnU-Net's), brats (stronger: more scaling, rotation, elastic, brightness, "
+    "contrast, gamma) or lgg (Buda et al.) \\[default: default].")]
 ValCases = Annotated[Optional[int], typer.Option("--val-cases", min=1, help="Hold out N validation cases.")]
 ValSplit = Annotated[Optional[float], typer.Option("--val-split", metavar="FRAC",
                                                    help="Hold out this fraction \\[default: 0.2].")]
@@ -120,6 +131,9 @@ Spacing = Annotated[Optional[str], typer.Option("--spacing", metavar="X,Y,Z",
 MemoryGb = Annotated[Optional[float], typer.Option("--memory-gb", help="Memory budget of the plan in GB.")]
 SliceWeightingOption = Annotated[Optional[SliceWeighting], typer.Option(
     "--slice-weighting", help="2-D: draw slices uniformly or weighted by foreground area \\[default: uniform].")]
+BatchDiceOption = Annotated[Optional[bool], typer.Option(
+    "--batch-dice/--sample-dice", help="Dice loss over the whole batch (nnU-Net's 2-D choice) or per "
+    "sample \\[default: per sample].")]
 RegionsOption = Annotated[Optional[Regions], typer.Option(
     "--regions", help="Region-based training with sigmoid outputs: brats (WT/TC/ET) or the dataset's regions.")]
 
@@ -165,6 +179,7 @@ def train_cli_options(
     grad_clip: float | None = None,
     loss: Loss | None = None,
     aug: bool | None = None,
+    aug_preset: AugmentPreset | None = None,
     val_cases: int | None = None,
     val_split: float | None = None,
     fold: int | None = None,
@@ -182,7 +197,8 @@ def train_cli_options(
     return {
         "epochs": epochs, "iterations_per_epoch": iterations, "val_every": val_every, "max_time_min": max_time,
         "patience": patience, "lr": lr, "optimizer": _value(optimizer), "schedule": _value(schedule),
-        "grad_clip": grad_clip, "loss": _value(loss), "augment": aug, "val_cases": val_cases,
+        "grad_clip": grad_clip, "loss": _value(loss), "augment": aug, "augment_preset": _value(aug_preset),
+        "val_cases": val_cases,
         "val_split": val_split, "fold": fold, "folds": folds, "precision": _value(precision),
         "compile": compile_model, "resume": resume, "deterministic": deterministic, "seed": seed, "device": device,
         "workers": workers, "nproc": nproc,
@@ -199,6 +215,7 @@ def plan_cli_options(
     config: Config | None = None,
     model: str | None = None,
     slice_weighting: SliceWeighting | None = None,
+    batch_dice: bool | None = None,
 ) -> dict[str, Any]:
     """Parsed plan flags -> ``{PlanOverrides field: value}`` (None = not given); usage errors exit 2."""
     return {
@@ -210,6 +227,7 @@ def plan_cli_options(
         "memory_gb": memory_gb,
         "regions": _value(regions),
         "slice_weighting": _value(slice_weighting),
+        "batch_dice": batch_dice,
     }
 
 

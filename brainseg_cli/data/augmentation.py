@@ -96,7 +96,8 @@ class AugmentConfig:
 
     @classmethod
     def preset(cls, name: str) -> AugmentConfig:
-        """A named configuration: ``"default"`` (nnU-Net v2), ``"lgg"`` (Buda et al. 2019), ``"none"``."""
+        """A named configuration: ``"default"`` (nnU-Net v2), ``"brats"`` (stronger, after nnU-Net's BraTS
+        2020 entry), ``"lgg"`` (Buda et al. 2019), ``"none"``; see :data:`AUGMENT_PRESETS`."""
         return look_up(name, AUGMENT_PRESETS, "augmentation preset")
 
     def with_changes(self, **changes: Any) -> AugmentConfig:
@@ -106,6 +107,12 @@ class AugmentConfig:
 
 AUGMENT_PRESETS: dict[str, AugmentConfig] = {
     "default": AugmentConfig(),
+    # Isensee et al. 2020 ("nnU-Net for Brain Tumour Segmentation", BraTS 2020): rotation and scaling
+    # more often and wider, elastic deformation on, stronger brightness and gamma; here also a wider
+    # per-channel contrast change, so tumours fainter than the training cases' are seen in training.
+    "brats": AugmentConfig(p_rotation=0.3, p_scale=0.3, scale_range=(0.65, 1.6), p_elastic=0.3,
+                           p_brightness=0.3, brightness_range=(0.7, 1.3), p_contrast=0.3, contrast_range=(0.65, 1.5),
+                           gamma_range=(0.5, 1.6)),
     "lgg": AugmentConfig(p_rotation=1.0, rotation_degrees=15.0, p_scale=1.0, scale_range=(0.95, 1.05),
                          mirror_left_right_only=True, p_noise=0.0, p_blur=0.0, p_brightness=0.0, p_contrast=0.0,
                          p_gamma=0.0, p_gamma_inverted=0.0),

@@ -34,6 +34,8 @@ OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 SCHEDULES: tuple[str, ...] = ("poly", "cosine")
 LOSSES: tuple[str, ...] = ("dice-ce", "dice")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+#: Augmentation presets (:data:`brainseg_cli.data.augmentation.AUGMENT_PRESETS`) a run may use.
+AUGMENT_PRESET_NAMES: tuple[str, ...] = ("default", "brats", "lgg")
 
 def _plan_override_keys() -> tuple[str, ...]:
     from brainseg_cli.data.plan import override_fields
@@ -86,6 +88,10 @@ class TrainConfig:
     """``dice-ce`` (soft Dice + cross-entropy, or + BCE for regions) or ``dice``."""
     augment: bool = True
     """Spatial and intensity augmentation of training patches."""
+    augment_preset: str = "default"
+    """Which augmentation (when :attr:`augment`): ``default`` (nnU-Net v2's), ``brats`` (stronger, after
+    nnU-Net's BraTS 2020 entry: more and wider scaling, rotation, elastic, brightness, contrast and
+    gamma) or ``lgg`` (Buda et al. 2019)."""
     val_cases: int | None = None
     """Hold out this many cases for validation (deterministic choice)."""
     val_split: float | None = None
@@ -160,6 +166,7 @@ def validate(config: TrainConfig) -> None:
     if config.grad_clip is not None and not config.grad_clip >= 0:
         raise ConfigError(f"grad_clip must be >= 0, got {config.grad_clip!r}")
     _choice("loss", config.loss, LOSSES)
+    _choice("augment_preset", config.augment_preset, AUGMENT_PRESET_NAMES)
     _choice("precision", config.precision, PRECISIONS)
     given = [name for name in ("val_cases", "val_split", "fold") if getattr(config, name) is not None]
     if len(given) > 1:

@@ -554,7 +554,7 @@ def _finetune_process(
         control = _FreezeControl(spec=spec, unfreeze_after=finetune_config.unfreeze_after, lr=settings["lr"],
                                  encoder_lr_scale=finetune_config.encoder_lr_scale, record=record,
                                  record_path=run_dir / TRANSFER_FILE if ctx.is_main else None)
-        augment = AugmentConfig.preset("default")
+        augment = AugmentConfig.preset(train_config.augment_preset)
         data = CachedCases(cache, plan, augment=augment)
         extra = {
             "dataset_fingerprint": (plan.get("fingerprint") or {}).get("hash"),

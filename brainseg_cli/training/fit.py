@@ -392,6 +392,30 @@ def _finite(x: float) -> bool:
     return x is not None and math.isfinite(x)
 
 
+def training_loss(name: str, *, plan: Mapping[str, Any], model: nn.Module) -> nn.Module:
+    """The training loss of a plan: ``loss(outputs, target) -> scalar``.
+
+    Dice (+ CE, or + BCE for region-based plans' sigmoid outputs); the softmax Dice term leaves the
+    background out (nnU-Net); Dice per sample or over the batch as ``plan["loss"]["batch_dice"]`` says
+    (plans written before that key: per sample); deep supervision when the model has it.
+
+    Args:
+        name: a registered loss (``"dice-ce"``, ``"dice"``).
+        plan: the run's plan (``region_based`` and ``loss`` are read).
+        model: the network (its ``deep_supervision`` and ``num_outputs``).
+    """
+    from brainseg_cli.losses import DeepSupervisionLoss, build_loss
+
+    region_based = bool(plan.get("region_based"))
+    options: dict[str, Any] = {"activation": "sigmoid" if region_based else "softmax",
+                               "batch_dice": bool((plan.get("loss") or {}).get("batch_dice", False))}
+    if not region_based:
+        options["include_background"] = False
+    base_loss = build_loss(name, **options)
+    num_outputs = int(getattr(model, "num_outputs", 1)) if getattr(model, "deep_supervision", False) else 1
+    return DeepSupervisionLoss(base_loss, num_outputs) if num_outputs > 1 else base_loss
+
+
 def write_config_json(run_dir: Path, config: TrainConfig, runtime: Runtime, extra: Mapping[str, Any]) -> None:
     """Write ``run_dir/config.json``: the resolved config (atomic)."""
     data = {"train_config": config.to_dict(), "runtime": {"device": runtime.device, "precision": runtime.precision,
@@ -490,15 +514,11 @@ def fit(
         what = f"{expected} regions ({', '.join(regions)})" if region_based else f"{expected} labels ({', '.join(labels)})"
         raise ConfigError(f"the model has {outputs_of_model} outputs but the plan needs {what}")
 
-    # Loss: Dice (+ CE / BCE), background left out of the softmax Dice term (nnU-Net), deep supervision.
-    from brainseg_cli.losses import DeepSupervisionLoss, build_loss, labels_to_regions
+    from brainseg_cli.losses import DeepSupervisionLoss, labels_to_regions
 
-    options: dict[str, Any] = {"activation": activation}
-    if not region_based:
-        options["include_background"] = False
-    base_loss = build_loss(config.loss, **options)
-    num_outputs = int(getattr(model, "num_outputs", 1)) if getattr(model, "deep_supervision", False) else 1
-    train_loss_fn: nn.Module = DeepSupervisionLoss(base_loss, num_outputs) if num_outputs > 1 else base_loss
+    train_loss_fn = training_loss(config.loss, plan=plan, model=model)
+    # Validation scores one whole case at full resolution: the loss without deep supervision.
+    base_loss = train_loss_fn.loss if isinstance(train_loss_fn, DeepSupervisionLoss) else train_loss_fn
 
     def make_target(label: torch.Tensor) -> torch.Tensor:
         return labels_to_regions(label, region_lists) if region_lists is not None else label

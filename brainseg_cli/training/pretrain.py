@@ -154,7 +154,7 @@ def _pretrain_process(
         spec = plan["model"]
         model = build_model(spec["name"], spatial_dims=spec["spatial_dims"], in_channels=spec["in_channels"],
                             num_classes=spec["num_classes"], **spec["config"])
-        augment = AugmentConfig.preset("default")
+        augment = AugmentConfig.preset(train_config.augment_preset)
         data = CachedCases(cache, plan, augment=augment)
         extra = {
             "dataset_fingerprint": (plan.get("fingerprint") or {}).get("hash"),

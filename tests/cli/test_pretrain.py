@@ -4,6 +4,7 @@ data-parallel processes, and a short run on real BraTS cases."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import torch
 from typer.testing import CliRunner
 
 from brainseg_cli.cli.main import app
+from brainseg_cli.data.augmentation import AUGMENT_PRESETS
 from brainseg_cli.data.phantom import write_phantom_dataset
 from brainseg_cli.training.checkpoint import build_model_from_checkpoint, load_checkpoint
 
@@ -87,7 +89,7 @@ def test_end_to_end(phantom, narrow, tmp_path):
 def test_regions_options_file_and_overrides(phantom, tmp_path):
     options = tmp_path / "opts.toml"
     options.write_text('epochs = 1\niterations_per_epoch = 1\nlr = 0.5\nmodel_config = { base_features = 4 }\n'
-                       'val_every = 1\n')
+                       'val_every = 1\nbatch_dice = true\n')
     run = tmp_path / "run"
     res = runner.invoke(app, [*ONE_THREAD, "pretrain", str(phantom), "-o", str(run), "--options-file", str(options),
                               "--patch-size", "16,16,16", "--batch-size", "2", "--workers", "0", "--device", "cpu",
@@ -97,6 +99,7 @@ def test_regions_options_file_and_overrides(phantom, tmp_path):
     assert config["epochs"] == 1 and config["lr"] == 0.02 and config["val_split"] == 0.25
     plan = json.loads((run / "plan.json").read_text())
     assert plan["model"]["config"]["base_features"] == 4 and plan["target_spacing"] == [2.0, 2.0, 2.0]
+    assert plan["loss"] == {"batch_dice": True} and plan["decisions"]["batch_dice"] == "given"
     ckpt = load_checkpoint(run / "best.pt")
     assert ckpt["plan"]["region_based"] is True and list(ckpt["regions"]) == ["WT", "TC", "ET"]
     assert list(_rows(run)[0])[3:6] == ["val_dice_WT", "val_dice_TC", "val_dice_ET"]
@@ -105,12 +108,17 @@ def test_regions_options_file_and_overrides(phantom, tmp_path):
 def test_two_d_slice_weighting(phantom, tmp_path):
     run = tmp_path / "run"
     res = runner.invoke(app, [*ONE_THREAD, "pretrain", str(phantom), "-o", str(run), "--config", "2d",
-                              "--slice-weighting", "foreground", "--epochs", "1", "--iterations", "2",
+                              "--slice-weighting", "foreground", "--aug-preset", "brats", "--epochs", "1",
+                              "--iterations", "2",
                               "--patch-size", "32,32", "--batch-size", "2", "--workers", "0", "--device", "cpu",
                               "--val-cases", "1"])
     assert res.exit_code == 0, res.output
     plan = json.loads((run / "plan.json").read_text())
     assert plan["config"] == "2d" and plan["sampling"]["slice_weighting"] == "foreground"
+    assert plan["loss"] == {"batch_dice": False}
+    assert json.loads((run / "config.json").read_text())["train_config"]["augment_preset"] == "brats"
+    stored = load_checkpoint(run / "last.pt")["training"]["augmentation"]
+    assert stored == json.loads(json.dumps(dataclasses.asdict(AUGMENT_PRESETS["brats"])))
 
 
 @pytest.mark.parametrize(

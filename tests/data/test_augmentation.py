@@ -118,6 +118,17 @@ def test_presets_and_validation():
     lgg = AUGMENT_PRESETS["lgg"]
     assert lgg.scale_range == (0.95, 1.05) and lgg.rotation_degrees == 15.0 and lgg.mirror_left_right_only
     assert lgg.p_noise == 0.0 and lgg.p_rotation == 1.0
+    # "brats" is at least as strong as the default in every transform, and stronger in some.
+    default, brats = AugmentConfig(), AUGMENT_PRESETS["brats"]
+    for name in ("p_rotation", "p_scale", "p_elastic", "p_brightness", "p_contrast", "p_gamma"):
+        assert getattr(brats, name) >= getattr(default, name), name
+    for name in ("scale_range", "brightness_range", "contrast_range", "gamma_range"):
+        (lo, hi), (dlo, dhi) = getattr(brats, name), getattr(default, name)
+        assert lo <= dlo and hi >= dhi, name
+    assert brats.p_elastic > 0 and brats.contrast_range[0] < default.contrast_range[0]
+    from brainseg_cli.training.config import AUGMENT_PRESET_NAMES
+
+    assert set(AUGMENT_PRESET_NAMES) == set(AUGMENT_PRESETS) - {"none"}
     with pytest.raises(RegistryError, match="unknown augmentation preset 'lgq'"):
         AugmentConfig.preset("lgq")
     with pytest.raises(ConfigError, match="p_rotation must be a probability"):

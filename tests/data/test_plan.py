@@ -143,6 +143,15 @@ def test_overrides_are_applied_and_recorded():
     assert plan["sampling"] == {"foreground_fraction": 0.5, "slice_weighting": "foreground", "drop_edge_slices": True}
 
 
+def test_dice_is_per_sample_unless_batch_dice_is_given():
+    for config in ("2d", "3d"):
+        plan = make_plan(fingerprint=fingerprint(), info=info(), overrides=PlanOverrides(config=config), device="cpu")
+        assert plan["loss"] == {"batch_dice": False} and "per sample" in plan["decisions"]["batch_dice"]
+    given = make_plan(fingerprint=fingerprint(), info=info(), overrides=PlanOverrides(config="2d", batch_dice=True),
+                      device="cpu")
+    assert given["loss"] == {"batch_dice": True} and given["decisions"]["batch_dice"] == "given"
+
+
 def test_regions_and_other_models():
     plan = make_plan(fingerprint=fingerprint(), info=info(), overrides=PlanOverrides(regions="brats"), device="cuda")
     assert plan["region_based"] and plan["regions"] == {"WT": [1, 2, 3], "TC": [2, 3], "ET": [3]}

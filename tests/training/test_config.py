@@ -43,6 +43,8 @@ def test_defaults_and_docstrings():
         ({"precision": "fp64"}, r"precision must be one of auto, fp32, bf16, fp16"),
         ({"lr": -1.0}, r"lr must be positive, got -1.0"),
         ({"max_time_min": 0}, r"max_time_min must be positive"),
+        ({"augment_preset": "brat"},
+         r"augment_preset must be one of default, brats, lgg, got 'brat' \(did you mean 'brats'\?\)"),
     ],
 )
 def test_invalid_values(changes, match):

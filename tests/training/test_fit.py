@@ -268,3 +268,29 @@ def test_compile_wraps_the_network(tmp_path, monkeypatch):
     assert calls == [model]
     run(tmp_path, "plain", epochs=1, iterations_per_epoch=1)
     assert len(calls) == 1
+
+
+def test_training_loss_follows_the_plans_batch_dice():
+    from brainseg_cli.losses import DeepSupervisionLoss
+    from brainseg_cli.training.fit import training_loss
+
+    plan = cube_plan()
+    model = tiny_model(deep_supervision=False)
+    assert training_loss("dice-ce", plan=dict(plan, loss={"batch_dice": True}), model=model).batch_dice is True
+    assert training_loss("dice-ce", plan=dict(plan, loss={"batch_dice": False}), model=model).batch_dice is False
+    # A plan written before the key existed trains with per-sample Dice, as it did then.
+    old = {k: v for k, v in plan.items() if k != "loss"}
+    assert training_loss("dice", plan=old, model=model).batch_dice is False
+    deep = training_loss("dice-ce", plan=dict(plan, loss={"batch_dice": True}), model=tiny_model())
+    assert isinstance(deep, DeepSupervisionLoss) and deep.loss.batch_dice is True
+
+    # The two differ on a batch whose second sample holds a sliver of the structure: per sample it
+    # weighs as much as the first, over the batch by its voxels.
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8, 8)
+    target = torch.zeros(2, 8, 8, 8, dtype=torch.int64)
+    target[0, :4] = 1
+    target[1, 0, 0, 0] = 2
+    per_sample = training_loss("dice", plan=dict(plan, loss={"batch_dice": False}), model=model)(logits, target)
+    batch = training_loss("dice", plan=dict(plan, loss={"batch_dice": True}), model=model)(logits, target)
+    assert not torch.isclose(per_sample, batch)
