@@ -313,6 +313,10 @@ def make_plan(
         raise ConfigError(f"foreground fraction must be in [0, 1], got {ov.foreground_fraction}")
     if ov.batch_size is not None and ov.batch_size < 1:
         raise ConfigError(f"batch size must be positive, got {ov.batch_size}")
+    for name in ("crop_to_brain", "deep_supervision", "drop_edge_slices", "batch_dice"):
+        value = getattr(ov, name)
+        if value is not None and not isinstance(value, (bool, np.bool_)):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
 
     # --- orientation, spacing, shapes (in the plan orientation's axes)
     fp_orient = fingerprint["orientation"]

@@ -34,13 +34,22 @@ OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 SCHEDULES: tuple[str, ...] = ("poly", "cosine")
 LOSSES: tuple[str, ...] = ("dice-ce", "dice")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
-#: Augmentation presets (:data:`brainseg_cli.data.augmentation.AUGMENT_PRESETS`) a run may use.
-AUGMENT_PRESET_NAMES: tuple[str, ...] = ("default", "brats", "lgg")
 
 def _plan_override_keys() -> tuple[str, ...]:
     from brainseg_cli.data.plan import override_fields
 
     return override_fields()
+
+
+def _augment_preset_names() -> tuple[str, ...]:
+    from brainseg_cli.data.augmentation import AUGMENT_PRESETS
+
+    return tuple(name for name in AUGMENT_PRESETS if name != "none")
+
+
+#: Augmentation presets a run may use (:data:`brainseg_cli.data.augmentation.AUGMENT_PRESETS` but
+#: ``none``, which is ``--no-aug``).
+AUGMENT_PRESET_NAMES: tuple[str, ...] = _augment_preset_names()
 
 
 #: Names of the planner options (:class:`brainseg_cli.data.plan.PlanOverrides` fields) that an

@@ -506,7 +506,6 @@ def fit(
     regions = {str(k): [int(v) for v in vs] for k, vs in (plan.get("regions") or {}).items()}
     labels = {str(k): int(v) for k, v in plan["labels"].items()}
     entities = validation_entities(labels=labels, regions=regions, region_based=region_based)
-    activation = "sigmoid" if region_based else "softmax"
     region_lists = list(regions.values()) if region_based else None
     expected = len(regions) if region_based else len(labels)
     outputs_of_model = getattr(model, "num_classes", expected)

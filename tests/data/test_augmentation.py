@@ -126,9 +126,11 @@ def test_presets_and_validation():
         (lo, hi), (dlo, dhi) = getattr(brats, name), getattr(default, name)
         assert lo <= dlo and hi >= dhi, name
     assert brats.p_elastic > 0 and brats.contrast_range[0] < default.contrast_range[0]
+    from brainseg_cli.cli.training_options import AugmentPreset
     from brainseg_cli.training.config import AUGMENT_PRESET_NAMES
 
-    assert set(AUGMENT_PRESET_NAMES) == set(AUGMENT_PRESETS) - {"none"}
+    # Every preset but "none" (that is --no-aug) is a training option and a --aug-preset choice.
+    assert set(AUGMENT_PRESET_NAMES) == set(AUGMENT_PRESETS) - {"none"} == {p.value for p in AugmentPreset}
     with pytest.raises(RegistryError, match="unknown augmentation preset 'lgq'"):
         AugmentConfig.preset("lgq")
     with pytest.raises(ConfigError, match="p_rotation must be a probability"):

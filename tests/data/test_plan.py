@@ -178,6 +178,8 @@ def test_regions_and_other_models():
     (PlanOverrides(slice_weighting="tumour"), "unknown slice weighting"),
     (PlanOverrides(foreground_fraction=1.5), "foreground fraction must be in"),
     (PlanOverrides(batch_size=0), "batch size must be positive"),
+    (PlanOverrides(batch_dice="no"), "batch_dice must be true or false, got 'no'"),
+    (PlanOverrides(crop_to_brain=1), "crop_to_brain must be true or false, got 1"),
 ])
 def test_invalid_overrides(ov, message):
     small = info(labels={"background": 0, "lesion": 1}, regions={})
