@@ -17,10 +17,13 @@ BraTS 2018 cases of ``../shared/data/brats2018_deepbrainseg`` (read in place, ne
    predicts by default; ``--no-tta`` to switch it off); then again with the other checkpoint
    (``last.pt``, the final weights), reported for comparison. Over eight runs ``best.pt`` scored
    higher on the held-out cases in six (mean WT 0.838 vs 0.824): with six training cases, all HGG,
-   the final epochs fit them at the expense of the held-out LGG case;
+   the final epochs fit them at the expense of the held-out LGG case; and the headline checkpoint
+   once more with ``--region-threshold 0.5`` (every region at 0.5 instead of the thresholds the run
+   decided on its validation case), to show what that decision changes;
 4. ``brainseg evaluate --regions brats --metrics dice hd95`` against the held-out labels;
 5. ``results.md`` / ``results.csv`` in OUT: WT/TC/ET Dice and HD95 per case and mean (the headline
-   checkpoint's; the other's mean on a second line), wall time of every step, training steps done,
+   checkpoint's; the other's and the 0.5-threshold means below), the decisions stored in each
+   checkpoint (region thresholds, largest component), wall time of every step, training steps done,
    the plan used, and the load average at start and end (the machine is shared, so the load says
    how much of the 2 cores the run really had).
 
@@ -161,7 +164,19 @@ def read_training(run: Path) -> dict:
         "decisions": plan.get("decisions", {}),
         "batch_dice": bool((plan.get("loss") or {}).get("batch_dice", False)),
         "augment_preset": train_cfg.get("augment_preset", "default") if train_cfg.get("augment", True) else "off",
+        "decided": {name: checkpoint_decisions(run / f"{name}.pt") for name in ("best", "last")},
     }
+
+
+def checkpoint_decisions(path: Path) -> str:
+    """The region thresholds and largest-component decisions stored in a checkpoint, as text."""
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    thresholds = ckpt.get("region_thresholds") or {}
+    lcc = [name for name, d in (ckpt.get("postprocessing") or {}).items() if d.get("largest_component")]
+    cuts = " / ".join(f"{name} {value:g}" for name, value in thresholds.items()) or "0.5 (none stored)"
+    return f"thresholds {cuts}; largest component of {', '.join(lcc) or 'nothing'}"
 
 
 def read_scores(cases_csv: Path) -> dict[str, dict[str, dict[str, float]]]:
@@ -224,6 +239,9 @@ def write_results(out: Path, *, args: argparse.Namespace, seed: int, scores: dic
         (f"Schedule: SGD + poly lr following the clock (--max-time {args.minutes:g}: re-aimed after every epoch at "
          f"the steps that still fit; --epochs {args.epochs} is only an upper bound of {t['planned_steps']} steps); "
          "the loop stops before an epoch that would not fit."),
+        "",
+        f"Decided on the validation case at the end of training: `best.pt` {t['decided']['best']}; "
+        f"`last.pt` {t['decided']['last']}.",
         "",
         f"Predicted with `{args.checkpoint}.pt`{' and mirroring TTA' if args.tta else ''}:",
         "",
@@ -351,12 +369,15 @@ def run_once(args: argparse.Namespace, seed: int, out: Path) -> dict[str, dict]:
         pretrain += ["--slice-weighting", args.slice_weighting]
     run_step("pretrain", pretrain, logs, steps)
     checkpoints = [args.checkpoint, "best" if args.checkpoint == "last" else "last"]
-    for i, name in enumerate(checkpoints):
-        suffix = "" if i == 0 else f"_{name}"
+    # (checkpoint, output suffix, extra predict options): the headline, the other checkpoint, and the
+    # headline with every region at 0.5 (what the validation-decided thresholds change)
+    variants = [(checkpoints[0], "", []), (checkpoints[1], f"_{checkpoints[1]}", []),
+                (checkpoints[0], "_t05", ["--region-threshold", "0.5"])]
+    for name, suffix, extra in variants:
         run_step(f"predict{suffix}", ["predict", "--model", str(out / "run" / f"{name}.pt"), "--input",
                                       str(out / "brats18_heldout" / "imagesTr"), "--output",
                                       str(out / f"predictions{suffix}"), "--device", "cpu"]
-                 + (["--tta"] if args.tta else []), logs, steps)
+                 + (["--tta"] if args.tta else []) + extra, logs, steps)
         run_step(f"evaluate{suffix}", ["evaluate", "--ref", str(out / "brats18_heldout"), "--pred",
                                        str(out / f"predictions{suffix}"), "--regions", "brats", "--metrics", "dice",
                                        "hd95", "-o", str(out / f"evaluation{suffix}.json"),
@@ -367,16 +388,20 @@ def run_once(args: argparse.Namespace, seed: int, out: Path) -> dict[str, dict]:
     training = read_training(out / "run")
     scores = read_scores(out / "evaluation_cases.csv")
     other = read_scores(out / f"evaluation_{checkpoints[1]}_cases.csv")
-    for table, name in ((scores, "evaluation_cases.csv"), (other, f"evaluation_{checkpoints[1]}_cases.csv")):
+    at_half = read_scores(out / "evaluation_t05_cases.csv")
+    for table, name in ((scores, "evaluation_cases.csv"), (other, f"evaluation_{checkpoints[1]}_cases.csv"),
+                        (at_half, "evaluation_t05_cases.csv")):
         missing = [c for c in HELD_OUT if set(table.get(c, {})) != set(REGIONS)]
         if missing:
             sys.exit(f"error: {out / name} lacks WT/TC/ET rows for {', '.join(missing)}")
-    text = write_results(out, args=args, seed=seed, scores=scores, others={f"{checkpoints[1]}.pt": other},
+    half = f"{checkpoints[0]}.pt, thresholds 0.5"
+    text = write_results(out, args=args, seed=seed, scores=scores,
+                         others={f"{checkpoints[1]}.pt": other, half: at_half},
                          training=training, steps=steps, load_start=load_start, load_end=load_end, total=total)
     print()
     print(text)
     print(f"results: {out / 'results.md'}, {out / 'results.csv'}")
-    return {f"{checkpoints[0]}.pt": scores, f"{checkpoints[1]}.pt": other}
+    return {f"{checkpoints[0]}.pt": scores, f"{checkpoints[1]}.pt": other, half: at_half}
 
 
 def write_summary(out: Path, *, args: argparse.Namespace, runs: dict[int, dict[str, dict]]) -> str:

@@ -80,6 +80,9 @@ def predict(
         "--channel-order", metavar="NAMES", help="Channel names of _cccc / 4-D inputs, e.g. FLAIR,T1,T1c,T2.")] = None,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid",
                                                help="Continue after a bad case and list the failures at the end.")] = False,
+    region_threshold: Annotated[Optional[float], typer.Option(
+        "--region-threshold", help="Sigmoid threshold for every region of a region-based model (WT/TC/ET); default: the "
+             "checkpoint's, decided on its validation cases (0.5 for older checkpoints).")] = None,
 ) -> None:
     from brainseg_cli.inference.predict import PredictConfig, predict_folder
 
@@ -88,7 +91,7 @@ def predict(
         models=tuple(model), input=input_path, output=output, tta=tta, lcc=lcc.value, overlap=overlap,
         batch_size=batch_size, precision=precision.value, save_probabilities=save_probabilities, device=device,
         overwrite=overwrite, labels=labels.value, channel_order=_parse_channel_order(channel_order),
-        skip_invalid=skip_invalid,
+        skip_invalid=skip_invalid, region_threshold=region_threshold,
     )
     with common.make_progress() as bar:
         task = bar.add_task("Predicting", total=None)

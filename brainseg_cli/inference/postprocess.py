@@ -8,7 +8,9 @@ same component, so post-processing never splits what the lesion-wise evaluation 
 Region-based (sigmoid) outputs follow nnU-Net's rule: regions are ordered from the largest to the
 smallest (e.g. WT, TC, ET); each channel is thresholded at ``> 0.5`` and later regions overwrite
 earlier ones. The label a region writes is the one label it contains that no later region contains
-(WT [1,2,3], TC [2,3], ET [3] -> 1, 2, 3).
+(WT [1,2,3], TC [2,3], ET [3] -> 1, 2, 3). A checkpoint may carry its own threshold per region,
+decided on its validation cases at the end of training (``region_thresholds``; see
+:func:`brainseg_cli.training.validation.decide_region_thresholds`); 0.5 where it has none.
 """
 
 from __future__ import annotations
@@ -123,7 +125,35 @@ def region_label_values(regions: Sequence[Sequence[int]]) -> list[int]:
     return values
 
 
-def probabilities_to_labels(probs, *, regions: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+def check_thresholds(thresholds: Sequence[float], *, count: int, what: str = "region thresholds") -> list[float]:
+    """Validate per-region thresholds: ``count`` finite numbers strictly between 0 and 1.
+
+    Args:
+        thresholds: one threshold per region.
+        count: the number of regions.
+        what: how the values are named in the error (e.g. the checkpoint they come from).
+
+    Returns:
+        The thresholds as floats.
+
+    Raises:
+        ConfigError: wrong count, or a value that is not a number in (0, 1).
+    """
+    values = list(thresholds)
+    if len(values) != count:
+        raise ConfigError(f"{what}: {len(values)} values {values} for {count} regions")
+    out = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
+                or not 0.0 < float(value) < 1.0:
+            raise ConfigError(f"{what}: a region threshold must be a number between 0 and 1 (exclusive), got {value!r}")
+        out.append(float(value))
+    return out
+
+
+def probabilities_to_labels(
+    probs, *, regions: Sequence[Sequence[int]] | None = None, thresholds: Sequence[float] | None = None
+) -> np.ndarray:
     """Turn probabilities into a label map.
 
     Args:
@@ -131,12 +161,15 @@ def probabilities_to_labels(probs, *, regions: Sequence[Sequence[int]] | None = 
             classes 0..K-1 (argmax; ties go to the lower class). With ``regions``: one sigmoid
             probability per region, in ``regions`` order.
         regions: ordered regions (label lists) for region-based outputs, or None.
+        thresholds: with ``regions``, one threshold per region (a voxel is in the region when its
+            probability is strictly greater); None = :data:`REGION_THRESHOLD` for every region.
 
     Returns:
         ``(*spatial)`` label map (uint8 when the labels fit).
 
     Raises:
-        ConfigError: the channel count does not match the regions, or the regions cannot be ordered.
+        ConfigError: the channel count does not match the regions, the regions cannot be ordered,
+            thresholds without regions, or thresholds that are not one number in (0, 1) per region.
     """
     if hasattr(probs, "detach"):
         probs = probs.detach().cpu().numpy()
@@ -144,6 +177,8 @@ def probabilities_to_labels(probs, *, regions: Sequence[Sequence[int]] | None = 
     if probs.ndim < 2:
         raise ConfigError(f"probabilities must be (K, *spatial), got shape {probs.shape}")
     if regions is None:
+        if thresholds is not None:
+            raise ConfigError("region thresholds apply to region-based (sigmoid) outputs only; got softmax classes")
         # argmax over the class axis, one vectorised pass per class (faster than np.argmax(axis=0)
         # on a channels-first array); strict ">" keeps ties at the lower class, as argmax does.
         out = np.zeros(probs.shape[1:], dtype=label_value_dtype(probs.shape[0] - 1))
@@ -156,7 +191,8 @@ def probabilities_to_labels(probs, *, regions: Sequence[Sequence[int]] | None = 
     values = region_label_values(regions)
     if len(values) != probs.shape[0]:
         raise ConfigError(f"{probs.shape[0]} probability channels but {len(values)} regions {list(map(list, regions))}")
+    cuts = [REGION_THRESHOLD] * len(values) if thresholds is None else check_thresholds(thresholds, count=len(values))
     out = np.zeros(probs.shape[1:], dtype=label_value_dtype(max(values, default=0)))
-    for value, channel in zip(values, probs):
-        out[channel > REGION_THRESHOLD] = value
+    for value, channel, cut in zip(values, probs, cuts):
+        out[channel > cut] = value
     return out

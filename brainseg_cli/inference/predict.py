@@ -77,6 +77,9 @@ class PredictConfig:
     """Channel names of position-only inputs (``_cccc`` files, 4-D files), overriding dataset.json."""
     skip_invalid: bool = False
     """Continue after a case that cannot be read or predicted, and list the failures at the end."""
+    region_threshold: float | None = None
+    """One sigmoid threshold for every region of a region-based model; None = the checkpoint's
+    ``region_thresholds`` (decided on its validation cases; 0.5 where it has none)."""
 
     def validate(self) -> None:
         """Check the option values (not the files).
@@ -99,6 +102,9 @@ class PredictConfig:
             raise ConfigError(f"--overlap must be in [0, 1), got {self.overlap}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.region_threshold is not None and not (
+                isinstance(self.region_threshold, (int, float)) and 0.0 < self.region_threshold < 1.0):
+            raise ConfigError(f"--region-threshold must be between 0 and 1 (exclusive), got {self.region_threshold}")
 
 
 @dataclass(frozen=True)
@@ -221,6 +227,7 @@ def _write_config(out: Path, config: PredictConfig, predictor) -> None:
     data["channel_order"] = list(config.channel_order) if config.channel_order else None
     data["tool_version"] = __version__
     data["device"] = str(predictor.device)
+    data["region_thresholds"] = predictor.thresholds()
     data["checkpoints"] = [
         {"path": str(m.path), "model": m.checkpoint["model"]["name"], "tool_version": m.checkpoint.get("tool_version"),
          "epoch": (m.checkpoint.get("training") or {}).get("epoch")}
@@ -344,7 +351,8 @@ def predict_folder(
     src, out = _check_paths(config)
     cases = discover_cases(src)
     predictor = Predictor.from_checkpoints(config.models, device=config.device, precision=config.precision,
-                                           tta=config.tta, overlap=config.overlap, batch_size=config.batch_size)
+                                           tta=config.tta, overlap=config.overlap, batch_size=config.batch_size,
+                                           region_threshold=config.region_threshold)
     if config.labels == "source":
         predictor.source_label_map()
     predictor.largest_component_groups(config.lcc)

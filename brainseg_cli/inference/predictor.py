@@ -34,7 +34,9 @@ from torch import nn
 from brainseg_cli.errors import CheckpointError, ConfigError, InputError
 from brainseg_cli.inference.postprocess import (
     ALL_FOREGROUND,
+    REGION_THRESHOLD,
     apply_largest_component,
+    check_thresholds,
     label_value_dtype,
     probabilities_to_labels,
 )
@@ -131,10 +133,27 @@ def load_member(path: str | os.PathLike[str], *, device: torch.device) -> Ensemb
         raise CheckpointError(f"checkpoint {path}: patch size {plan['patch_size']} does not fit a {plan['config']} plan")
     if list(ckpt["channels"]) != list(plan["channels"]):
         raise CheckpointError(f"checkpoint {path}: channels {ckpt['channels']} differ from its plan's {plan['channels']}")
+    _check_region_thresholds(ckpt, path)
     network = build_model_from_checkpoint(ckpt, source=path).to(device)
     network.eval()
     meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "optimizer", "scheduler", "rng")}
     return EnsembleMember(path=path, checkpoint=meta, network=network)
+
+
+def _check_region_thresholds(ckpt: Mapping[str, Any], path: Path) -> None:
+    """A checkpoint's ``region_thresholds`` must map its regions to numbers in (0, 1)."""
+    raw = ckpt.get("region_thresholds")
+    if raw is None:
+        return
+    regions = ckpt.get("regions") or {}
+    if not isinstance(raw, Mapping):
+        raise CheckpointError(f"checkpoint {path}: region_thresholds is a {type(raw).__name__}, not a dict")
+    for name, value in raw.items():
+        if name not in regions:
+            raise CheckpointError(f"checkpoint {path}: region_thresholds names '{name}', which is not one of its "
+                                  f"regions ({', '.join(map(str, regions)) or 'none'})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
+            raise CheckpointError(f"checkpoint {path}: region threshold of '{name}' is {value!r}, not a number in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -164,6 +183,7 @@ class Predictor:
         tta: bool = False,
         overlap: float = 0.5,
         batch_size: int = 2,
+        region_threshold: float | None = None,
     ) -> None:
         """Wrap loaded members (see :meth:`from_checkpoints` for the arguments)."""
         if not members:
@@ -188,6 +208,12 @@ class Predictor:
         self.tta = tta
         self.overlap = overlap
         self.batch_size = batch_size
+        if region_threshold is not None:
+            if not self.region_based:
+                raise ConfigError(f"a region threshold ({region_threshold}) applies to region-based (sigmoid) "
+                                  f"checkpoints only; {first.path.name} has softmax classes")
+            check_thresholds([region_threshold], count=1, what="--region-threshold")
+        self.region_threshold = region_threshold
 
     @classmethod
     def from_checkpoints(
@@ -199,6 +225,7 @@ class Predictor:
         tta: bool = False,
         overlap: float = 0.5,
         batch_size: int = 2,
+        region_threshold: float | None = None,
     ) -> Predictor:
         """Load checkpoints (``torch.load(weights_only=True)``) into a predictor.
 
@@ -209,14 +236,18 @@ class Predictor:
             tta: average over mirrored inputs.
             overlap: sliding-window overlap in [0, 1).
             batch_size: windows per network call.
+            region_threshold: one threshold for every region of a region-based model, overriding
+                the checkpoints' ``region_thresholds``; None = theirs (see :meth:`thresholds`).
 
         Raises:
             CheckpointError: a foreign or damaged checkpoint, or checkpoints that disagree.
-            ConfigError: invalid device, precision, overlap or batch size.
+            ConfigError: invalid device, precision, overlap, batch size or region threshold (or a
+                region threshold for a softmax model).
         """
         dev = resolve_device(device)
         members = [load_member(p, device=dev) for p in paths]
-        return cls(members, device=dev, precision=precision, tta=tta, overlap=overlap, batch_size=batch_size)
+        return cls(members, device=dev, precision=precision, tta=tta, overlap=overlap, batch_size=batch_size,
+                   region_threshold=region_threshold)
 
     # ------------------------------------------------------------------------------ properties
     @property
@@ -243,6 +274,27 @@ class Predictor:
     def regions(self) -> dict[str, list[int]]:
         """Region name -> label values, in output order for region-based models."""
         return {str(k): [int(v) for v in vs] for k, vs in (self.checkpoint.get("regions") or {}).items()}
+
+    def thresholds(self) -> dict[str, float] | None:
+        """The threshold of each region (region-based models; None for softmax models).
+
+        The ``region_threshold`` given to the predictor for every region; else each checkpoint's
+        ``region_thresholds`` (0.5 for a region it does not name, e.g. a checkpoint written before
+        the decision existed), averaged over the ensemble's members.
+
+        Returns:
+            ``{region name: threshold}`` in output order, or None.
+        """
+        if not self.region_based:
+            return None
+        if self.region_threshold is not None:
+            return {name: float(self.region_threshold) for name in self.regions}
+        out = {}
+        for name in self.regions:
+            values = [float((m.checkpoint.get("region_thresholds") or {}).get(name, REGION_THRESHOLD))
+                      for m in self.members]
+            out[name] = float(np.mean(values))
+        return out
 
     @property
     def output_names(self) -> list[str]:
@@ -410,7 +462,8 @@ class Predictor:
             ``(X, Y, Z)`` label map in the checkpoint's label values (uint8 when they fit).
         """
         regions = list(self.regions.values()) if self.region_based else None
-        labels = probabilities_to_labels(probs, regions=regions)
+        cuts = self.thresholds()
+        labels = probabilities_to_labels(probs, regions=regions, thresholds=None if cuts is None else list(cuts.values()))
         groups = self.largest_component_groups(lcc)
         if groups:
             labels = apply_largest_component(labels, labels_to_process=groups)

@@ -13,7 +13,9 @@ Keys (all checkpoints): ``format_version`` (int), ``tool_version`` (str), ``mode
 canonical channel names in input order), ``labels`` (``{name: int}``), ``regions``
 (``{name: [int, ...]}``, in output order when the model is region-based, else ``{}`` or the
 evaluation regions), ``postprocessing`` (``{label name: {"largest_component": bool}}`` for every
-foreground label, decided on the validation cases at the end of training),
+foreground label, decided on the validation cases at the end of training), optionally
+``region_thresholds`` (``{region name: float in (0, 1)}``, region-based models: each region's
+sigmoid threshold, decided on the validation cases at the end of training; absent = 0.5),
 ``training`` (``{"epoch", "best_val_dice", "dataset_fingerprint", "seed", ...}``) and
 ``state_dict`` (``{str: tensor}``). ``last.pt`` adds ``optimizer``, ``scheduler`` and ``rng`` for
 ``--resume``.

@@ -26,9 +26,11 @@ validated and becomes the last. With a budget the learning-rate schedule follows
 every epoch it is re-aimed at the steps the budget still allows (:class:`StepSchedule`), so a
 time-limited run ends at the schedule's final rate whatever ``epochs`` says.
 
-**Post-processing decision** at the end: keep-largest-component per label
-(:func:`brainseg_cli.training.validation.decide_postprocessing`), decided for ``best.pt`` on the best
-epoch's validation predictions and for ``last.pt`` on the last epoch's, and stored in each.
+**Decisions at the end**, made for ``best.pt`` on the best epoch's validation predictions and for
+``last.pt`` on the last epoch's, and stored in each: for region-based models the threshold of each
+region (:func:`brainseg_cli.training.validation.decide_region_thresholds`, checkpoint key
+``region_thresholds``), then keep-largest-component per label on the labels those thresholds give
+(:func:`brainseg_cli.training.validation.decide_postprocessing`).
 
 Run folder: ``best.pt``, ``last.pt``, ``metrics.csv``, ``config.json`` (the resolved config),
 ``tensorboard/`` (event files with the same numbers), plus what the caller writes
@@ -54,6 +56,7 @@ from torch import nn
 
 from brainseg_cli import __version__
 from brainseg_cli.errors import BrainsegError, CheckpointError, ConfigError
+from brainseg_cli.inference.postprocess import probabilities_to_labels
 from brainseg_cli.io.atomic import atomic_write
 from brainseg_cli.training import distributed as D
 from brainseg_cli.training.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
@@ -63,6 +66,7 @@ from brainseg_cli.training.optim import build_optimizer, resolved_optimizer_sett
 from brainseg_cli.training.validation import (
     ValidationResult,
     decide_postprocessing,
+    decide_region_thresholds,
     validate,
     validation_entities,
 )
@@ -130,7 +134,9 @@ class TrainResult:
         best_epoch: 0-based epoch of the best validation Dice.
         best_val_dice: mean foreground Dice of the best epoch (before post-processing).
         val_dice: per-entity validation Dice of the best epoch.
-        postprocessing: the post-processing decision stored in the checkpoints.
+        postprocessing: the post-processing decision stored in ``best.pt``.
+        region_thresholds: the region thresholds stored in ``best.pt`` (``{region: threshold}``;
+            empty for softmax models).
         stop_reason: ``"epochs"``, ``"patience"`` or ``"max_time"``.
         step_losses: training loss of every step of this process's run (averaged over ranks).
         seconds: wall-clock seconds of the whole run (time before a resume included).
@@ -145,6 +151,7 @@ class TrainResult:
     val_dice: dict[str, float]
     postprocessing: dict[str, dict[str, bool]]
     stop_reason: str
+    region_thresholds: dict[str, float] = field(default_factory=dict)
     step_losses: list[float] = field(default_factory=list, repr=False)
     seconds: float = 0.0
 
@@ -608,8 +615,8 @@ def fit(
         return data
 
     default_pp = {name: {"largest_component": False} for name, v in sorted(labels.items(), key=lambda kv: kv[1]) if v}
-    best_predictions: dict[str, np.ndarray] | None = None
-    last_validated: tuple[int, dict[str, np.ndarray]] | None = None  # (epoch, its validation predictions)
+    best_validation: ValidationResult | None = None
+    last_validated: tuple[int, ValidationResult] | None = None  # (epoch, its validation)
     step_losses: list[float] = []
     stop_reason = "epochs"
     segment_start = time.perf_counter()
@@ -702,16 +709,16 @@ def fit(
                         progress(describe(epoch) + " validating", (epoch + 1) * config.iterations_per_epoch, total_steps)
                     val = validate(model, _val_iter(dataset, val_cases), plan=plan, entities=entities,
                                    loss_fn=base_loss, target_fn=val_target, precision=runtime.precision,
-                                   device=device)
+                                   device=device, keep_probabilities=region_based)
                     if train_mode_hook is not None:
                         train_mode_hook(model)
-                    last_validated = (epoch, val.predictions)
+                    last_validated = (epoch, val)
                     improved = math.isfinite(val.mean) and val.mean > state.best_val_dice
                     if improved:
                         state.best_val_dice = val.mean
                         state.best_epoch = epoch
                         state.best_val = dict(val.mean_per_entity)
-                        best_predictions = val.predictions
+                        best_validation = val
                     logger.info("epoch %d: train loss %.4f, val loss %.4f, val Dice %s, mean %.4f%s", epoch, train_loss,
                                 val.loss, ", ".join(f"{k} {v:.3f}" for k, v in val.mean_per_entity.items()), val.mean,
                                 " (best)" if improved else "")
@@ -766,21 +773,21 @@ def fit(
         _close(data_iter)
 
     # Post-processing decisions (rank 0): each checkpoint's on its own epoch's validation predictions.
-    postprocessing = default_pp
+    decided: tuple[dict[str, dict[str, bool]], dict[str, float]] = (default_pp, {})
     if ctx.is_main:
-        postprocessing = _decide_and_store(run_dir, model=model, dataset=dataset, val_cases=val_cases, plan=plan,
-                                           labels=labels, entities=entities,
-                                           predictions={BEST: best_predictions,
-                                                        LAST: last_validated[1] if last_validated is not None
-                                                        and last_validated[0] == epoch else None},
-                                           precision=runtime.precision, device=device)
-    postprocessing = D.broadcast_object(postprocessing, ctx)
+        decided = _decide_and_store(run_dir, model=model, dataset=dataset, val_cases=val_cases, plan=plan,
+                                    labels=labels, entities=entities,
+                                    validations={BEST: best_validation,
+                                                 LAST: last_validated[1] if last_validated is not None
+                                                 and last_validated[0] == epoch else None},
+                                    precision=runtime.precision, device=device)
+    postprocessing, region_thresholds = D.broadcast_object(decided, ctx)
     best = D.broadcast_object((state.best_epoch, state.best_val_dice, state.best_val), ctx)
     D.barrier(ctx)
     return TrainResult(
         run_dir=run_dir, best_checkpoint=run_dir / BEST, last_checkpoint=run_dir / LAST,
         epochs_completed=epoch + 1, best_epoch=best[0], best_val_dice=best[1], val_dice=dict(best[2]),
-        postprocessing=postprocessing, stop_reason=stop_reason, step_losses=step_losses, seconds=state.elapsed,
+        postprocessing=postprocessing, region_thresholds=region_thresholds, stop_reason=stop_reason, step_losses=step_losses, seconds=state.elapsed,
     )
 
 
@@ -898,46 +905,69 @@ def _restore(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, 
 
 def _decide_and_store(run_dir: Path, *, model: nn.Module, dataset: TrainingCases, val_cases: Sequence[str],
                       plan: Mapping[str, Any], labels: Mapping[str, int], entities: Mapping[str, Sequence[int]],
-                      predictions: Mapping[str, Mapping[str, np.ndarray] | None], precision: str,
-                      device: torch.device) -> dict[str, dict[str, bool]]:
-    """Decide the post-processing of ``best.pt`` and of ``last.pt``, each on its own weights' predictions.
+                      validations: Mapping[str, ValidationResult | None], precision: str,
+                      device: torch.device) -> tuple[dict[str, dict[str, bool]], dict[str, float]]:
+    """Decide the region thresholds and post-processing of ``best.pt`` and ``last.pt``, each on its own weights.
+
+    Region-based models first get a threshold per region
+    (:func:`~brainseg_cli.training.validation.decide_region_thresholds`, stored as the checkpoint's
+    ``region_thresholds``); keep-largest-component is then decided on the labels those thresholds give.
 
     Args:
-        predictions: checkpoint file name (:data:`BEST`, :data:`LAST`) -> validation case -> predicted
-            label map (x, y, z) in the preprocessed space, or None where that epoch's predictions are
-            not at hand (it ran before a resume): the checkpoint's weights then predict the validation
-            cases again. When both names hold the same predictions (the best epoch is the last), the
+        validations: checkpoint file name (:data:`BEST`, :data:`LAST`) -> that epoch's validation
+            (label maps, and probabilities for region-based models), or None where it is not at hand
+            (it ran before a resume): the checkpoint's weights then predict the validation cases
+            again. When both names hold the same validation (the best epoch is the last), the
             decision is made once.
 
     Returns:
-        The decision stored in ``best.pt`` (the one :class:`TrainResult` reports); with no best
-        checkpoint (validation never produced a finite Dice), post-processing off and nothing written.
+        ``(postprocessing, region_thresholds)`` stored in ``best.pt`` (the ones :class:`TrainResult`
+        reports; thresholds empty for softmax models); with no best checkpoint (validation never
+        produced a finite Dice), post-processing off, no thresholds and nothing written.
     """
     off = {name: {"largest_component": False} for name, v in labels.items() if v}
     if not (run_dir / BEST).exists():
         logger.warning("no best checkpoint (validation never produced a finite Dice): post-processing stays off")
-        return off
+        return off, {}
+    region_based = bool(plan.get("region_based"))
+    regions = {name: list(values) for name, values in entities.items()} if region_based else None
     references = {case: dataset.load_case(case)[1] for case in val_cases}
-    decided: dict[str, dict[str, dict[str, bool]]] = {}
-    made: dict[int, tuple[Any, Any]] = {}  # id of a predictions mapping -> (that mapping, its decision)
+
+    def complete(result: ValidationResult | None) -> bool:
+        return (result is not None and set(result.predictions) == set(val_cases)
+                and (not region_based or set(result.probabilities) == set(val_cases)))
+
+    decided: dict[str, tuple[dict[str, dict[str, bool]], dict[str, float]]] = {}
+    made: dict[int, tuple[Any, Any]] = {}  # id of a validation -> (that validation, its decisions)
     for name in (BEST, LAST):
         path = run_dir / name
         if not path.exists():
             continue
         ckpt = load_checkpoint(path)
-        preds = predictions.get(name)
-        if preds is None or set(preds) != set(val_cases):
+        result = validations.get(name)
+        if not complete(result):
             import copy
 
             net = copy.deepcopy(model)
             net.load_state_dict({k: v.to(device) for k, v in ckpt["state_dict"].items()})
-            preds = validate(net, _val_iter(dataset, val_cases), plan=plan, entities=entities, precision=precision,
-                             device=device).predictions
-        if id(preds) not in made:  # the mapping is kept with its decision, so its id is not reused
-            made[id(preds)] = (preds, decide_postprocessing(preds, references, labels=labels, entities=entities))
-        decision = made[id(preds)][1]
+            result = validate(net, _val_iter(dataset, val_cases), plan=plan, entities=entities, precision=precision,
+                              device=device, keep_probabilities=region_based)
+        if id(result) not in made:  # the validation is kept with its decisions, so its id is not reused
+            thresholds: dict[str, float] = {}
+            predictions = result.predictions
+            if regions is not None:
+                chosen = decide_region_thresholds(result.probabilities, references, regions=regions)
+                thresholds = chosen.thresholds
+                cuts = list(thresholds.values())
+                predictions = {case: probabilities_to_labels(probs, regions=list(regions.values()), thresholds=cuts)
+                               for case, probs in result.probabilities.items()}
+            made[id(result)] = (result, (decide_postprocessing(predictions, references, labels=labels,
+                                                               entities=entities), thresholds))
+        decision, thresholds = made[id(result)][1]
         ckpt["postprocessing"] = decision.postprocessing
         ckpt["training"]["val_dice_postprocessed"] = decision.dice_after
+        if region_based:
+            ckpt["region_thresholds"] = dict(thresholds)
         save_checkpoint(path, ckpt)
-        decided[name] = decision.postprocessing
-    return decided.get(BEST, off)
+        decided[name] = (decision.postprocessing, dict(thresholds))
+    return decided.get(BEST, (off, {}))

@@ -62,6 +62,28 @@ def test_errors_are_one_line(setup, tmp_path):
     assert not (src / "predictions.csv").exists()
 
 
+def test_region_threshold_option(setup, tmp_path):
+    import json
+
+    ckpt, src = setup   # a softmax checkpoint: one threshold for its regions makes no sense
+    res = runner.invoke(app, ["predict", "-m", str(ckpt), "-i", str(src), "-o", str(tmp_path / "a"), "--device", "cpu",
+                              "--region-threshold", "0.3"])
+    assert res.exit_code == 2 and "applies to region-based (sigmoid) checkpoints only" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "a").exists()
+    res = runner.invoke(app, ["predict", "-m", str(ckpt), "-i", str(src), "-o", str(tmp_path / "b"), "--device", "cpu",
+                              "--region-threshold", "1.5"])
+    assert res.exit_code == 2 and "--region-threshold must be between 0 and 1 (exclusive), got 1.5" in res.stderr
+    regions = {"WT": [1, 2], "TC": [2]}
+    labels = {"background": 0, "edema": 1, "core": 2}
+    region_ckpt = random_checkpoint(tmp_path / "regions.pt", seed=4, patch_size=(16, 16, 16), labels=labels,
+                                    regions=regions, region_based=True)
+    res = runner.invoke(app, ["predict", "-m", str(region_ckpt), "-i", str(src), "-o", str(tmp_path / "c"),
+                              "--device", "cpu", "--region-threshold", "0.3"])
+    assert res.exit_code == 0, res.output
+    config = json.loads((tmp_path / "c" / "predict_config.json").read_text())
+    assert config["region_threshold"] == 0.3 and config["region_thresholds"] == {"WT": 0.3, "TC": 0.3}
+
+
 def test_skip_invalid_lists_failures(setup, tmp_path):
     ckpt, src = setup
     folder = tmp_path / "mixed"

@@ -219,6 +219,13 @@ def test_real_brats_cases(shared_data, tmp_path):
     assert all(0.0 <= d <= 1.0 for d in dice)
     ckpt = load_checkpoint(run / "best.pt")
     assert ckpt["channels"] == ["T1", "T1c", "T2", "FLAIR"] and list(ckpt["regions"]) == ["WT", "TC", "ET"]
+    # thresholds decided on the validation case: one per region, never above 0.5, never lowering its mean Dice
+    from brainseg_cli.training.validation import THRESHOLD_CANDIDATES
+
+    assert list(ckpt["region_thresholds"]) == ["WT", "TC", "ET"]
+    assert set(ckpt["region_thresholds"].values()) <= set(THRESHOLD_CANDIDATES)
+    before, after = ckpt["training"]["val_dice"], ckpt["training"]["val_dice_postprocessed"]
+    assert np.mean(list(after.values())) >= np.mean(list(before.values())) - 1e-9
     model = build_model_from_checkpoint(ckpt)
     with torch.no_grad():
         out = model(torch.zeros(1, 4, 32, 32, 32))

@@ -93,3 +93,34 @@ def test_region_probabilities_later_overwrite_earlier():
     np.testing.assert_array_equal(out, [3, 2, 1, 0])
     with pytest.raises(ConfigError, match="3 probability channels but 2 regions"):
         probabilities_to_labels(probs, regions=[[1, 2], [2]])
+
+
+def test_region_thresholds_per_region():
+    probs = np.zeros((3, 4), np.float32)
+    probs[:, 0] = [0.35, 0.1, 0.1]   # WT above its 0.3 threshold only
+    probs[:, 1] = [0.9, 0.45, 0.1]   # TC above 0.4 -> 2
+    probs[:, 2] = [0.9, 0.9, 0.25]   # ET 0.25 is not above ET's 0.5 -> stays 2
+    probs[:, 3] = [0.3, 0.1, 0.1]    # exactly at WT's threshold: not foreground
+    regions = [[1, 2, 3], [2, 3], [3]]
+    np.testing.assert_array_equal(probabilities_to_labels(probs, regions=regions, thresholds=[0.3, 0.4, 0.5]),
+                                  [1, 2, 2, 0])
+    # None and an explicit 0.5 everywhere agree
+    np.testing.assert_array_equal(probabilities_to_labels(probs, regions=regions),
+                                  probabilities_to_labels(probs, regions=regions, thresholds=[0.5] * 3))
+
+
+@pytest.mark.parametrize("thresholds, message", [
+    ([0.3, 0.5], "2 values"),
+    ([0.3, 0.5, 1.0], "between 0 and 1"),
+    ([0.0, 0.5, 0.5], "between 0 and 1"),
+    ([0.3, True, 0.5], "got True"),
+])
+def test_region_thresholds_rejected(thresholds, message):
+    probs = np.full((3, 2), 0.6, np.float32)
+    with pytest.raises(ConfigError, match=message):
+        probabilities_to_labels(probs, regions=[[1, 2, 3], [2, 3], [3]], thresholds=thresholds)
+
+
+def test_thresholds_need_regions():
+    with pytest.raises(ConfigError, match="region-based"):
+        probabilities_to_labels(np.full((2, 3), 0.5, np.float32), thresholds=[0.3, 0.3])

@@ -133,6 +133,61 @@ def test_postprocessing_decided_once_when_the_best_epoch_is_the_last(tmp_path, m
     assert best["postprocessing"] == last["postprocessing"] == result.postprocessing
 
 
+def test_region_thresholds_decided_per_checkpoint_on_its_own_probabilities(tmp_path, monkeypatch):
+    from brainseg_cli.training import fit as fit_module
+    from brainseg_cli.training.validation import THRESHOLD_CANDIDATES, validate, validation_entities
+
+    seen = []
+    real = fit_module.decide_region_thresholds
+
+    def spy(probabilities, references, **kwargs):
+        seen.append({case: p.copy() for case, p in probabilities.items()})
+        return real(probabilities, references, **kwargs)
+
+    monkeypatch.setattr(fit_module, "decide_region_thresholds", spy)
+    plan = cube_plan(region_based=True)
+    result = run(tmp_path, model=tiny_model(num_classes=2), plan=plan, epochs=4, iterations_per_epoch=3, val_every=1,
+                 lr=1.0, precision="fp32", deterministic=True)
+    paths = [result.best_checkpoint] + ([result.last_checkpoint] if result.best_epoch < 3 else [])
+    assert len(seen) == len(paths)
+    entities = validation_entities(labels=plan["labels"], regions=plan["regions"], region_based=True)
+    dataset = cube_cases(4)
+    for path, probabilities in zip(paths, seen):
+        ckpt = load_checkpoint(path)
+        assert list(ckpt["region_thresholds"]) == ["whole", "core"]
+        assert set(ckpt["region_thresholds"].values()) <= set(THRESHOLD_CANDIDATES)
+        own = validate(build_model_from_checkpoint(ckpt), ((c, *dataset.load_case(c)) for c in VAL), plan=plan,
+                       entities=entities, keep_probabilities=True).probabilities
+        for case in VAL:
+            np.testing.assert_array_equal(own[case], probabilities[case])
+    assert load_checkpoint(result.best_checkpoint)["region_thresholds"] == result.region_thresholds
+    assert "region_thresholds" in load_checkpoint(result.last_checkpoint)
+
+
+def test_region_thresholds_decided_after_a_resume(tmp_path):
+    # The best epoch's validation predates the resume: its checkpoint predicts the validation case again.
+    plan = cube_plan(region_based=True)
+    options = {"epochs": 3, "iterations_per_epoch": 3, "deterministic": True, "val_every": 1}
+
+    def crash(state):
+        if state.epoch == 2 and not state.replay:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(model=tiny_model(num_classes=2), plan=plan, dataset=cube_cases(4), train_cases=TRAIN, val_cases=VAL,
+            run_dir=tmp_path / "r", config=TrainConfig(workers=0, device="cpu", **options), epoch_hooks=[crash])
+    assert "region_thresholds" not in load_checkpoint(tmp_path / "r" / "best.pt")
+    resumed = run(tmp_path, "r", model=tiny_model(num_classes=2), plan=plan, resume=True, **options)
+    assert list(resumed.region_thresholds) == ["whole", "core"]
+    for path in (resumed.best_checkpoint, resumed.last_checkpoint):
+        assert list(load_checkpoint(path)["region_thresholds"]) == ["whole", "core"]
+
+
+def test_softmax_checkpoints_have_no_region_thresholds(trained):
+    assert trained.region_thresholds == {}
+    assert "region_thresholds" not in load_checkpoint(trained.best_checkpoint)
+
+
 def test_resume_after_interruption_is_bit_identical(tmp_path):
     options = {"epochs": 3, "iterations_per_epoch": 4, "deterministic": True}
     straight = run(tmp_path, "straight", **options)

@@ -1,4 +1,4 @@
-"""Validation scoring and the keep-largest-component decision on constructed cases."""
+"""Validation scoring, the region-threshold and keep-largest-component decisions on constructed cases."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from brainseg_cli.errors import ConfigError
 from brainseg_cli.training.validation import (
     case_dice,
     decide_postprocessing,
+    decide_region_thresholds,
     probabilities_to_logits,
     validate,
     validation_entities,
@@ -145,3 +146,65 @@ def test_largest_component_rejected_when_another_entity_gets_worse():
     assert trial["mean_after"] > trial["mean_before"] and trial["worse"] == ["WT"]
     assert decision.postprocessing["core"] == {"largest_component": False}
     assert decision.dice_after == decision.dice_before
+
+
+def _sphere(shape, centre, radius):
+    grid = np.indices(shape)
+    return sum((g - c) ** 2 for g, c in zip(grid, centre)) <= radius ** 2
+
+
+REGIONS = {"WT": [1, 2], "TC": [2]}
+
+
+def _region_case(wt_inside: float, tc_inside: float):
+    """A reference with WT (label 1) around TC (label 2) and probabilities that are ``*_inside``
+    inside each region (0.05 outside): a network this much under-confident."""
+    ref = np.zeros((24, 24, 24), np.uint8)
+    ref[_sphere(ref.shape, (12, 12, 12), 9)] = 1
+    ref[_sphere(ref.shape, (12, 12, 12), 4)] = 2
+    probs = np.full((2, *ref.shape), 0.05, np.float32)
+    probs[0][ref > 0] = wt_inside
+    probs[1][ref == 2] = tc_inside
+    return probs, ref
+
+
+def test_region_thresholds_lowered_for_an_under_confident_region():
+    probs, ref = _region_case(wt_inside=0.35, tc_inside=0.9)   # WT below 0.5 everywhere: Dice 0 at 0.5
+    decision = decide_region_thresholds({"a": probs}, {"a": ref}, regions=REGIONS)
+    assert decision.thresholds["WT"] == 0.3                   # the candidate nearest 0.5 that recovers WT
+    assert decision.thresholds["TC"] == 0.5                   # already perfect: unchanged
+    assert decision.dice_before["WT"] < 0.2 and decision.dice_after["WT"] == 1.0
+    assert decision.trials["WT"][0.5] < decision.trials["WT"][0.3]
+
+
+def test_region_thresholds_stay_at_half_for_a_confident_network_and_never_rise():
+    probs, ref = _region_case(wt_inside=0.9, tc_inside=0.9)
+    # a false-positive shell at 0.55 that only a threshold above 0.5 would remove
+    shell = _sphere(ref.shape, (12, 12, 12), 11) & (ref == 0)
+    probs[0][shell] = 0.55
+    decision = decide_region_thresholds({"a": probs}, {"a": ref}, regions=REGIONS)
+    assert decision.thresholds == {"WT": 0.5, "TC": 0.5}
+    assert max(decision.trials["WT"]) == 0.5
+
+
+def test_region_thresholds_without_cases_and_with_bad_input():
+    assert decide_region_thresholds({}, {}, regions=REGIONS).thresholds == {"WT": 0.5, "TC": 0.5}
+    probs, ref = _region_case(0.9, 0.9)
+    with pytest.raises(ConfigError, match="no reference label map for validation case 'a'"):
+        decide_region_thresholds({"a": probs}, {}, regions=REGIONS)
+    with pytest.raises(ConfigError, match=r"shape \(1, 24, 24, 24\) for 2 regions"):
+        decide_region_thresholds({"a": probs[:1]}, {"a": ref}, regions=REGIONS)
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        decide_region_thresholds({"a": probs}, {"a": ref}, regions=REGIONS, candidates=(0.0, 0.5))
+
+
+def test_validate_keeps_probabilities_when_asked():
+    label = np.zeros((8, 8, 8), np.uint8)
+    label[1:5, 1:5, 1:5] = 1
+    regions = {"WT": [1]}
+    plan = {"patch_size": [8, 8, 8], "region_based": True, "regions": regions, "slice_axis": None}
+    cases = [("a", label[None].astype(np.float32), label)]
+    kept = validate(Oracle(regions=[[1]]), cases, plan=plan, entities=regions, keep_probabilities=True)
+    assert kept.probabilities["a"].shape == (1, 8, 8, 8) and kept.probabilities["a"].dtype == np.float16
+    assert (kept.probabilities["a"][0][label == 1] > 0.99).all()
+    assert validate(Oracle(regions=[[1]]), cases, plan=plan, entities=regions).probabilities == {}
