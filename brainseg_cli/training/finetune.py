@@ -49,10 +49,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from brainseg_cli.errors import ConfigError, InputError
+from brainseg_cli.errors import BrainsegError, ConfigError, InputError
 from brainseg_cli.training import distributed as D
 from brainseg_cli.training.config import TrainConfig, resolve_runtime
-from brainseg_cli.training.fit import LAST, EpochState, TrainResult, check_run_dir, fit, seed_everything
+from brainseg_cli.training.fit import (
+    LAST,
+    EpochState,
+    TrainResult,
+    check_run_dir,
+    discard_unstarted_run,
+    fit,
+    seed_everything,
+)
 from brainseg_cli.training.selection import SELECT_METHODS, lesion_volumes_from_fingerprint, select_cases
 from brainseg_cli.training.transfer import FreezeSpec, parse_freeze
 
@@ -493,6 +501,7 @@ def _finetune_process(
     local_rank = found[2] if found is not None and found[1] > 1 else None
     runtime = resolve_runtime(train_config, local_rank=local_rank)
     ctx = D.init_from_env(use_cuda=runtime.device.startswith("cuda"))
+    created = ctx.is_main and not run_dir.exists()  # removed again if planning fails
     try:
         ckpt_path = Path(finetune_config.checkpoint)
         ckpt = load_checkpoint(ckpt_path)
@@ -568,6 +577,10 @@ def _finetune_process(
         return fit(model=model, plan=plan, dataset=data, train_cases=selected, val_cases=val_cases, run_dir=run_dir,
                    config=train_config, param_groups=groups, epoch_hooks=[control.write_record, control.release],
                    train_mode_hook=control.train_mode, checkpoint_extra=extra, progress=progress, dist_ctx=ctx)
+    except BrainsegError:
+        if created:
+            discard_unstarted_run(run_dir)
+        raise
     finally:
         D.shutdown(ctx)
 

@@ -823,6 +823,27 @@ def _val_iter(dataset: TrainingCases, cases: Sequence[str]) -> Iterator[tuple[st
         yield case, image, label
 
 
+def discard_unstarted_run(run_dir: Path) -> bool:
+    """Remove a run folder this run created when it fails before its first checkpoint.
+
+    Callers use it for a :class:`~brainseg_cli.errors.BrainsegError` raised by planning,
+    preprocessing or the checks before training: the folder (plan, part of the cache) would
+    otherwise stay behind, and the next run with the same ``-o`` would need ``--resume``. A
+    folder with ``last.pt`` is kept (it can be resumed).
+
+    Returns:
+        True when the folder was removed.
+    """
+    import shutil
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or (run_dir / LAST).exists():
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    logger.debug("removed %s: the run failed before its first checkpoint", run_dir)
+    return not run_dir.exists()
+
+
 def check_run_dir(run_dir: Path, *, resume: bool, is_main: bool = True, create: bool = True) -> Path | None:
     """Check the run folder before a run; return ``last.pt`` to resume from, or None for a fresh run.
 

@@ -21,10 +21,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from brainseg_cli.errors import ConfigError
+from brainseg_cli.errors import BrainsegError, ConfigError
 from brainseg_cli.training import distributed as D
 from brainseg_cli.training.config import TrainConfig, resolve_runtime
-from brainseg_cli.training.fit import TrainResult, check_run_dir, fit, seed_everything
+from brainseg_cli.training.fit import TrainResult, check_run_dir, discard_unstarted_run, fit, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +121,7 @@ def _pretrain_process(
         # Processes on one machine share its cores (oversubscribed OpenMP threads are very slow).
         local = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
         torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) // local)))
+    created = ctx.is_main and not run_dir.exists()  # removed again if planning fails
     try:
         if ctx.is_main:
             check_run_dir(run_dir, resume=train_config.resume, is_main=True, create=True)
@@ -165,6 +166,10 @@ def _pretrain_process(
         torch.set_float32_matmul_precision("high")
         return fit(model=model, plan=plan, dataset=data, train_cases=train_cases, val_cases=val_cases,
                    run_dir=run_dir, config=train_config, checkpoint_extra=extra, progress=progress, dist_ctx=ctx)
+    except BrainsegError:
+        if created:
+            discard_unstarted_run(run_dir)
+        raise
     finally:
         D.shutdown(ctx)
 

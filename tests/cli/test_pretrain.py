@@ -193,6 +193,34 @@ def test_nproc_2_processes(phantom, narrow, tmp_path):
     assert load_checkpoint(run / "best.pt")["training"]["world_size"] == 2
 
 
+def test_a_plan_error_leaves_no_run_folder(phantom, tmp_path):
+    options = tmp_path / "opts.toml"
+    options.write_text('batch_dice = "no"\n')
+    run = tmp_path / "run"
+    res = runner.invoke(app, [*ONE_THREAD, "pretrain", str(phantom), "-o", str(run), "--options-file", str(options),
+                              "--device", "cpu", "--workers", "0"])
+    assert res.exit_code == 2 and "batch_dice must be true or false, got 'no'" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not run.exists()  # created for the run, removed when planning failed
+    run.mkdir()               # a folder the user made stays, empty
+    res = runner.invoke(app, [*ONE_THREAD, "pretrain", str(phantom), "-o", str(run), "--options-file", str(options),
+                              "--device", "cpu", "--workers", "0"])
+    assert res.exit_code == 2 and run.is_dir() and not any(run.iterdir())
+
+
+def test_discard_unstarted_run_keeps_a_resumable_run(tmp_path):
+    from brainseg_cli.training.fit import discard_unstarted_run
+
+    unstarted = tmp_path / "a"
+    (unstarted / "preprocessed").mkdir(parents=True)
+    (unstarted / "plan.json").write_text("{}")
+    assert discard_unstarted_run(unstarted) and not unstarted.exists()
+    started = tmp_path / "b"
+    started.mkdir()
+    (started / "last.pt").write_bytes(b"x")
+    assert not discard_unstarted_run(started) and (started / "last.pt").exists()
+
+
 @pytest.mark.slow
 def test_real_brats_cases(shared_data, tmp_path):
     """Two real BraTS 2018 cases, converted and trained briefly at 4 mm: the loss falls, outputs are valid."""
