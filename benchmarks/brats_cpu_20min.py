@@ -18,8 +18,8 @@ BraTS 2018 cases of ``../shared/data/brats2018_deepbrainseg`` (read in place, ne
    (``last.pt``, the final weights), reported for comparison. Over eight runs ``best.pt`` scored
    higher on the held-out cases in six (mean WT 0.838 vs 0.824): with six training cases, all HGG,
    the final epochs fit them at the expense of the held-out LGG case; and the headline checkpoint
-   once more with ``--region-threshold 0.5`` (every region at 0.5 instead of the thresholds the run
-   decided on its validation case), to show what that decision changes;
+   once more with ``--region-threshold 0.5`` (no region growing: every region at 0.5 instead of the
+   growing thresholds the run decided on its validation case), to show what that decision changes;
 4. ``brainseg evaluate --regions brats --metrics dice hd95`` against the held-out labels;
 5. ``results.md`` / ``results.csv`` in OUT: WT/TC/ET Dice and HD95 per case and mean (the headline
    checkpoint's; the other's and the 0.5-threshold means below), the decisions stored in each
@@ -169,7 +169,7 @@ def read_training(run: Path) -> dict:
 
 
 def checkpoint_decisions(path: Path) -> str:
-    """The region thresholds and largest-component decisions stored in a checkpoint, as text."""
+    """The region growing thresholds and largest-component decisions stored in a checkpoint, as text."""
     import torch
 
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -240,7 +240,8 @@ def write_results(out: Path, *, args: argparse.Namespace, seed: int, scores: dic
          f"the steps that still fit; --epochs {args.epochs} is only an upper bound of {t['planned_steps']} steps); "
          "the loop stops before an epoch that would not fit."),
         "",
-        f"Decided on the validation case at the end of training: `best.pt` {t['decided']['best']}; "
+        f"Decided on the validation case at the end of training (largest component, then region growing): "
+        f"`best.pt` {t['decided']['best']}; "
         f"`last.pt` {t['decided']['last']}.",
         "",
         f"Predicted with `{args.checkpoint}.pt`{' and mirroring TTA' if args.tta else ''}:",

@@ -81,8 +81,9 @@ def predict(
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid",
                                                help="Continue after a bad case and list the failures at the end.")] = False,
     region_threshold: Annotated[Optional[float], typer.Option(
-        "--region-threshold", help="Sigmoid threshold for every region of a region-based model (WT/TC/ET); default: the "
-             "checkpoint's, decided on its validation cases (0.5 for older checkpoints).")] = None,
+        "--region-threshold", help="Region-based models (WT/TC/ET): grow every region into the connected voxels "
+             "above this probability, in (0, 0.5]; default: the checkpoint's thresholds, decided on its "
+             "validation cases (0.5 = no growing, as for older checkpoints).")] = None,
 ) -> None:
     from brainseg_cli.inference.predict import PredictConfig, predict_folder
 

@@ -8,9 +8,16 @@ same component, so post-processing never splits what the lesion-wise evaluation 
 Region-based (sigmoid) outputs follow nnU-Net's rule: regions are ordered from the largest to the
 smallest (e.g. WT, TC, ET); each channel is thresholded at ``> 0.5`` and later regions overwrite
 earlier ones. The label a region writes is the one label it contains that no later region contains
-(WT [1,2,3], TC [2,3], ET [3] -> 1, 2, 3). A checkpoint may carry its own threshold per region,
-decided on its validation cases at the end of training (``region_thresholds``; see
-:func:`brainseg_cli.training.validation.decide_region_thresholds`); 0.5 where it has none.
+(WT [1,2,3], TC [2,3], ET [3] -> 1, 2, 3).
+
+Region growing (:func:`grow_regions`, hysteresis thresholding as in Canny's edge detector): after
+the labels at 0.5 and their largest-component post-processing, a region whose checkpoint holds a
+lower threshold (``region_thresholds``, decided on the validation cases at the end of training; see
+:func:`brainseg_cli.training.validation.decide_region_thresholds`) takes in the voxels above that
+threshold that are connected to it through such voxels. Growing only adds voxels joined to what the
+0.5 segmentation already kept, so a faint rim around a tumour is recovered while a faint blob
+elsewhere is not (a plain lower threshold followed by keep-largest-component can keep such a blob
+and drop a small tumour).
 """
 
 from __future__ import annotations
@@ -125,35 +132,7 @@ def region_label_values(regions: Sequence[Sequence[int]]) -> list[int]:
     return values
 
 
-def check_thresholds(thresholds: Sequence[float], *, count: int, what: str = "region thresholds") -> list[float]:
-    """Validate per-region thresholds: ``count`` finite numbers strictly between 0 and 1.
-
-    Args:
-        thresholds: one threshold per region.
-        count: the number of regions.
-        what: how the values are named in the error (e.g. the checkpoint they come from).
-
-    Returns:
-        The thresholds as floats.
-
-    Raises:
-        ConfigError: wrong count, or a value that is not a number in (0, 1).
-    """
-    values = list(thresholds)
-    if len(values) != count:
-        raise ConfigError(f"{what}: {len(values)} values {values} for {count} regions")
-    out = []
-    for value in values:
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
-                or not 0.0 < float(value) < 1.0:
-            raise ConfigError(f"{what}: a region threshold must be a number between 0 and 1 (exclusive), got {value!r}")
-        out.append(float(value))
-    return out
-
-
-def probabilities_to_labels(
-    probs, *, regions: Sequence[Sequence[int]] | None = None, thresholds: Sequence[float] | None = None
-) -> np.ndarray:
+def probabilities_to_labels(probs, *, regions: Sequence[Sequence[int]] | None = None) -> np.ndarray:
     """Turn probabilities into a label map.
 
     Args:
@@ -161,15 +140,12 @@ def probabilities_to_labels(
             classes 0..K-1 (argmax; ties go to the lower class). With ``regions``: one sigmoid
             probability per region, in ``regions`` order.
         regions: ordered regions (label lists) for region-based outputs, or None.
-        thresholds: with ``regions``, one threshold per region (a voxel is in the region when its
-            probability is strictly greater); None = :data:`REGION_THRESHOLD` for every region.
 
     Returns:
         ``(*spatial)`` label map (uint8 when the labels fit).
 
     Raises:
-        ConfigError: the channel count does not match the regions, the regions cannot be ordered,
-            thresholds without regions, or thresholds that are not one number in (0, 1) per region.
+        ConfigError: the channel count does not match the regions, or the regions cannot be ordered.
     """
     if hasattr(probs, "detach"):
         probs = probs.detach().cpu().numpy()
@@ -177,8 +153,6 @@ def probabilities_to_labels(
     if probs.ndim < 2:
         raise ConfigError(f"probabilities must be (K, *spatial), got shape {probs.shape}")
     if regions is None:
-        if thresholds is not None:
-            raise ConfigError("region thresholds apply to region-based (sigmoid) outputs only; got softmax classes")
         # argmax over the class axis, one vectorised pass per class (faster than np.argmax(axis=0)
         # on a channels-first array); strict ">" keeps ties at the lower class, as argmax does.
         out = np.zeros(probs.shape[1:], dtype=label_value_dtype(probs.shape[0] - 1))
@@ -191,8 +165,81 @@ def probabilities_to_labels(
     values = region_label_values(regions)
     if len(values) != probs.shape[0]:
         raise ConfigError(f"{probs.shape[0]} probability channels but {len(values)} regions {list(map(list, regions))}")
-    cuts = [REGION_THRESHOLD] * len(values) if thresholds is None else check_thresholds(thresholds, count=len(values))
     out = np.zeros(probs.shape[1:], dtype=label_value_dtype(max(values, default=0)))
-    for value, channel, cut in zip(values, probs, cuts):
-        out[channel > cut] = value
+    for value, channel in zip(values, probs):
+        out[channel > REGION_THRESHOLD] = value
+    return out
+
+
+def check_thresholds(thresholds: Sequence[float], *, count: int, what: str = "region thresholds") -> list[float]:
+    """Validate region-growing thresholds: ``count`` numbers in (0, 0.5].
+
+    Args:
+        thresholds: one threshold per region.
+        count: the number of regions.
+        what: how the values are named in the error (e.g. the option they come from).
+
+    Returns:
+        The thresholds as floats.
+
+    Raises:
+        ConfigError: wrong count, or a value that is not a number in (0, 0.5].
+    """
+    values = list(thresholds)
+    if len(values) != count:
+        raise ConfigError(f"{what}: {len(values)} values {values} for {count} regions")
+    out = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
+                or not 0.0 < float(value) <= REGION_THRESHOLD:
+            raise ConfigError(f"{what}: a region threshold must be a number in (0, {REGION_THRESHOLD}], got {value!r}")
+        out.append(float(value))
+    return out
+
+
+def grow_regions(labels: np.ndarray, probs, *, regions: Sequence[Sequence[int]],
+                 thresholds: Sequence[float]) -> np.ndarray:
+    """Grow each region into the connected voxels above its threshold (hysteresis; module docstring).
+
+    Regions are grown in output order (WT, TC, ET). Region ``i`` as it stands in the label map
+    (after the earlier regions grew) is the seed; the voxels with probability ``> thresholds[i]``
+    that are connected to a seed voxel through such voxels (full connectivity) join it and take
+    the region's label unless they already belong to the region. A threshold of 0.5 changes nothing.
+
+    Args:
+        labels: ``(*spatial)`` label map from :func:`probabilities_to_labels` (post-processed or not);
+            not modified.
+        probs: ``(R, *spatial)`` sigmoid probabilities, one channel per region in ``regions`` order.
+        regions: ordered regions (label lists), largest first.
+        thresholds: one threshold per region, each in (0, 0.5].
+
+    Returns:
+        A new label map of the same shape and dtype.
+
+    Raises:
+        ConfigError: shapes that do not match, or invalid thresholds.
+    """
+    if hasattr(probs, "detach"):
+        probs = probs.detach().cpu().numpy()
+    probs = np.asarray(probs)
+    labels = np.asarray(labels)
+    values = region_label_values(regions)
+    cuts = check_thresholds(thresholds, count=len(values))
+    if probs.shape != (len(values), *labels.shape):
+        raise ConfigError(f"region growing: probabilities of shape {probs.shape} for {len(values)} regions and "
+                          f"labels of shape {labels.shape}")
+    out = labels.copy()
+    structure = ndimage.generate_binary_structure(labels.ndim, labels.ndim)
+    for value, region, channel, cut in zip(values, regions, probs, cuts):
+        if cut >= REGION_THRESHOLD:
+            continue
+        seed = np.isin(out, list(region))
+        if not seed.any():
+            continue
+        components, n = ndimage.label((channel > cut) | seed, structure=structure)
+        seeded = np.zeros(n + 1, bool)
+        seeded[np.unique(components[seed])] = True
+        seeded[0] = False
+        grown = seeded[components] & ~seed
+        out[grown] = value
     return out

@@ -78,8 +78,9 @@ class PredictConfig:
     skip_invalid: bool = False
     """Continue after a case that cannot be read or predicted, and list the failures at the end."""
     region_threshold: float | None = None
-    """One sigmoid threshold for every region of a region-based model; None = the checkpoint's
-    ``region_thresholds`` (decided on its validation cases; 0.5 where it has none)."""
+    """Region-based models: every region grows into the connected voxels above this value, in
+    (0, 0.5] (0.5 = no growing); None = the checkpoint's ``region_thresholds`` (decided on its
+    validation cases; 0.5 where it has none)."""
 
     def validate(self) -> None:
         """Check the option values (not the files).
@@ -103,8 +104,8 @@ class PredictConfig:
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.region_threshold is not None and not (
-                isinstance(self.region_threshold, (int, float)) and 0.0 < self.region_threshold < 1.0):
-            raise ConfigError(f"--region-threshold must be between 0 and 1 (exclusive), got {self.region_threshold}")
+                isinstance(self.region_threshold, (int, float)) and 0.0 < self.region_threshold <= 0.5):
+            raise ConfigError(f"--region-threshold must be in (0, 0.5], got {self.region_threshold}")
 
 
 @dataclass(frozen=True)

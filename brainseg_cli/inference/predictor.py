@@ -37,6 +37,7 @@ from brainseg_cli.inference.postprocess import (
     REGION_THRESHOLD,
     apply_largest_component,
     check_thresholds,
+    grow_regions,
     label_value_dtype,
     probabilities_to_labels,
 )
@@ -141,7 +142,7 @@ def load_member(path: str | os.PathLike[str], *, device: torch.device) -> Ensemb
 
 
 def _check_region_thresholds(ckpt: Mapping[str, Any], path: Path) -> None:
-    """A checkpoint's ``region_thresholds`` must map its regions to numbers in (0, 1)."""
+    """A checkpoint's ``region_thresholds`` must map its regions to numbers in (0, 0.5]."""
     raw = ckpt.get("region_thresholds")
     if raw is None:
         return
@@ -152,8 +153,9 @@ def _check_region_thresholds(ckpt: Mapping[str, Any], path: Path) -> None:
         if name not in regions:
             raise CheckpointError(f"checkpoint {path}: region_thresholds names '{name}', which is not one of its "
                                   f"regions ({', '.join(map(str, regions)) or 'none'})")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
-            raise CheckpointError(f"checkpoint {path}: region threshold of '{name}' is {value!r}, not a number in (0, 1)")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= REGION_THRESHOLD:
+            raise CheckpointError(f"checkpoint {path}: region threshold of '{name}' is {value!r}, "
+                                  f"not a number in (0, {REGION_THRESHOLD}]")
 
 
 @dataclass(frozen=True)
@@ -236,8 +238,9 @@ class Predictor:
             tta: average over mirrored inputs.
             overlap: sliding-window overlap in [0, 1).
             batch_size: windows per network call.
-            region_threshold: one threshold for every region of a region-based model, overriding
-                the checkpoints' ``region_thresholds``; None = theirs (see :meth:`thresholds`).
+            region_threshold: one growing threshold in (0, 0.5] for every region of a region-based
+                model, overriding the checkpoints' ``region_thresholds``; None = theirs (see
+                :meth:`thresholds` and :meth:`labels_from_probabilities`).
 
         Raises:
             CheckpointError: a foreign or damaged checkpoint, or checkpoints that disagree.
@@ -276,7 +279,7 @@ class Predictor:
         return {str(k): [int(v) for v in vs] for k, vs in (self.checkpoint.get("regions") or {}).items()}
 
     def thresholds(self) -> dict[str, float] | None:
-        """The threshold of each region (region-based models; None for softmax models).
+        """The growing threshold of each region (region-based models; None for softmax models).
 
         The ``region_threshold`` given to the predictor for every region; else each checkpoint's
         ``region_thresholds`` (0.5 for a region it does not name, e.g. a checkpoint written before
@@ -452,7 +455,11 @@ class Predictor:
         return self.predict_prepared(self.prepare(image, case=case))
 
     def labels_from_probabilities(self, probs: np.ndarray, *, lcc: str = "auto") -> np.ndarray:
-        """Label map from probabilities: argmax or region order, then largest-component post-processing.
+        """Label map from probabilities: argmax or region order, largest-component post-processing, region growing.
+
+        Region-based models: labels at 0.5, then keep-largest-component (``lcc``), then each region
+        grows into the connected voxels above its threshold (:meth:`thresholds`;
+        :func:`~brainseg_cli.inference.postprocess.grow_regions`).
 
         Args:
             probs: ``(K, X, Y, Z)`` from :meth:`predict_probabilities`.
@@ -462,11 +469,13 @@ class Predictor:
             ``(X, Y, Z)`` label map in the checkpoint's label values (uint8 when they fit).
         """
         regions = list(self.regions.values()) if self.region_based else None
-        cuts = self.thresholds()
-        labels = probabilities_to_labels(probs, regions=regions, thresholds=None if cuts is None else list(cuts.values()))
+        labels = probabilities_to_labels(probs, regions=regions)
         groups = self.largest_component_groups(lcc)
         if groups:
             labels = apply_largest_component(labels, labels_to_process=groups)
+        cuts = self.thresholds()
+        if regions is not None and cuts is not None and min(cuts.values()) < REGION_THRESHOLD:
+            labels = grow_regions(labels, probs, regions=regions, thresholds=list(cuts.values()))
         return labels
 
     def to_source_labels(self, labels: np.ndarray) -> np.ndarray:

@@ -27,10 +27,11 @@ every epoch it is re-aimed at the steps the budget still allows (:class:`StepSch
 time-limited run ends at the schedule's final rate whatever ``epochs`` says.
 
 **Decisions at the end**, made for ``best.pt`` on the best epoch's validation predictions and for
-``last.pt`` on the last epoch's, and stored in each: for region-based models the threshold of each
-region (:func:`brainseg_cli.training.validation.decide_region_thresholds`, checkpoint key
-``region_thresholds``), then keep-largest-component per label on the labels those thresholds give
-(:func:`brainseg_cli.training.validation.decide_postprocessing`).
+``last.pt`` on the last epoch's, and stored in each: keep-largest-component per label
+(:func:`brainseg_cli.training.validation.decide_postprocessing`), then, for region-based models, the
+threshold each region grows to from the post-processed labels
+(:func:`brainseg_cli.training.validation.decide_region_thresholds`, checkpoint key
+``region_thresholds``).
 
 Run folder: ``best.pt``, ``last.pt``, ``metrics.csv``, ``config.json`` (the resolved config),
 ``tensorboard/`` (event files with the same numbers), plus what the caller writes
@@ -56,7 +57,7 @@ from torch import nn
 
 from brainseg_cli import __version__
 from brainseg_cli.errors import BrainsegError, CheckpointError, ConfigError
-from brainseg_cli.inference.postprocess import probabilities_to_labels
+from brainseg_cli.inference.postprocess import ALL_FOREGROUND, apply_largest_component
 from brainseg_cli.io.atomic import atomic_write
 from brainseg_cli.training import distributed as D
 from brainseg_cli.training.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
@@ -775,12 +776,12 @@ def fit(
     # Post-processing decisions (rank 0): each checkpoint's on its own epoch's validation predictions.
     decided: tuple[dict[str, dict[str, bool]], dict[str, float]] = (default_pp, {})
     if ctx.is_main:
-        decided = _decide_and_store(run_dir, model=model, dataset=dataset, val_cases=val_cases, plan=plan,
-                                    labels=labels, entities=entities,
-                                    validations={BEST: best_validation,
-                                                 LAST: last_validated[1] if last_validated is not None
-                                                 and last_validated[0] == epoch else None},
-                                    precision=runtime.precision, device=device)
+        decided = decide_and_store(run_dir, model=model, dataset=dataset, val_cases=val_cases, plan=plan,
+                                   labels=labels, entities=entities,
+                                   validations={BEST: best_validation,
+                                                LAST: last_validated[1] if last_validated is not None
+                                                and last_validated[0] == epoch else None},
+                                   precision=runtime.precision, device=device)
     postprocessing, region_thresholds = D.broadcast_object(decided, ctx)
     best = D.broadcast_object((state.best_epoch, state.best_val_dice, state.best_val), ctx)
     D.barrier(ctx)
@@ -924,15 +925,17 @@ def _restore(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, 
     return start
 
 
-def _decide_and_store(run_dir: Path, *, model: nn.Module, dataset: TrainingCases, val_cases: Sequence[str],
-                      plan: Mapping[str, Any], labels: Mapping[str, int], entities: Mapping[str, Sequence[int]],
-                      validations: Mapping[str, ValidationResult | None], precision: str,
-                      device: torch.device) -> tuple[dict[str, dict[str, bool]], dict[str, float]]:
-    """Decide the region thresholds and post-processing of ``best.pt`` and ``last.pt``, each on its own weights.
+def decide_and_store(run_dir: Path, *, model: nn.Module, dataset: TrainingCases, val_cases: Sequence[str],
+                     plan: Mapping[str, Any], labels: Mapping[str, int], entities: Mapping[str, Sequence[int]],
+                     validations: Mapping[str, ValidationResult | None], precision: str,
+                     device: torch.device) -> tuple[dict[str, dict[str, bool]], dict[str, float]]:
+    """Decide the post-processing and region thresholds of ``best.pt`` and ``last.pt``, each on its own weights.
 
-    Region-based models first get a threshold per region
-    (:func:`~brainseg_cli.training.validation.decide_region_thresholds`, stored as the checkpoint's
-    ``region_thresholds``); keep-largest-component is then decided on the labels those thresholds give.
+    Keep-largest-component first; region-based models then get a growing threshold per region,
+    decided on the post-processed labels (:func:`~brainseg_cli.training.validation.decide_region_thresholds`,
+    stored as the checkpoint's ``region_thresholds``), the order in which ``predict`` applies them.
+    :func:`fit` calls it at the end; called on a finished run folder (``validations`` empty) it makes
+    the decisions again from the checkpoints' weights, e.g. after the decision rules changed.
 
     Args:
         validations: checkpoint file name (:data:`BEST`, :data:`LAST`) -> that epoch's validation
@@ -974,21 +977,32 @@ def _decide_and_store(run_dir: Path, *, model: nn.Module, dataset: TrainingCases
             result = validate(net, _val_iter(dataset, val_cases), plan=plan, entities=entities, precision=precision,
                               device=device, keep_probabilities=region_based)
         if id(result) not in made:  # the validation is kept with its decisions, so its id is not reused
+            decision = decide_postprocessing(result.predictions, references, labels=labels, entities=entities)
             thresholds: dict[str, float] = {}
-            predictions = result.predictions
+            dice_after = decision.dice_after
             if regions is not None:
-                chosen = decide_region_thresholds(result.probabilities, references, regions=regions)
-                thresholds = chosen.thresholds
-                cuts = list(thresholds.values())
-                predictions = {case: probabilities_to_labels(probs, regions=list(regions.values()), thresholds=cuts)
-                               for case, probs in result.probabilities.items()}
-            made[id(result)] = (result, (decide_postprocessing(predictions, references, labels=labels,
-                                                               entities=entities), thresholds))
-        decision, thresholds = made[id(result)][1]
+                groups = _lcc_groups(decision.postprocessing, labels)
+                processed = {case: apply_largest_component(pred, labels_to_process=groups) if groups else pred
+                             for case, pred in result.predictions.items()}
+                chosen = decide_region_thresholds(result.probabilities, processed, references, regions=regions)
+                thresholds, dice_after = chosen.thresholds, chosen.dice_after
+            made[id(result)] = (result, (decision, thresholds, dice_after))
+        decision, thresholds, dice_after = made[id(result)][1]
         ckpt["postprocessing"] = decision.postprocessing
-        ckpt["training"]["val_dice_postprocessed"] = decision.dice_after
+        ckpt["training"]["val_dice_postprocessed"] = dice_after
         if region_based:
             ckpt["region_thresholds"] = dict(thresholds)
         save_checkpoint(path, ckpt)
         decided[name] = (decision.postprocessing, dict(thresholds))
     return decided.get(BEST, (off, {}))
+
+
+def _lcc_groups(postprocessing: Mapping[str, Mapping[str, bool]], labels: Mapping[str, int]) -> list[list[int]]:
+    """The label groups a post-processing decision keeps the largest component of, in order
+    (as ``predict --lcc auto`` applies them)."""
+    foreground = sorted(int(v) for v in labels.values() if int(v) != 0)
+    groups = []
+    for name, decision in postprocessing.items():
+        if decision.get("largest_component"):
+            groups.append(foreground if name == ALL_FOREGROUND else [int(labels[name])])
+    return groups

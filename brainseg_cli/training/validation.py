@@ -15,22 +15,22 @@ sliding-window prediction: the probabilities are turned back into logits (``log 
 ``log(p / (1 - p))`` for sigmoid, both exact inverses of the activation) so that the same loss
 module applies.
 
-Region thresholds (:func:`decide_region_thresholds`, region-based models only): each region's
-sigmoid threshold is chosen from :data:`THRESHOLD_CANDIDATES` on the validation probabilities, one
-region at a time in output order (WT, TC, ET), as the candidate with the highest mean foreground
-Dice; ties, and gains of at most :data:`MIN_GAIN`, keep the candidate nearest 0.5. The candidates
-stop at 0.5 because for calibrated probabilities the threshold that maximises the expected F1 score
-(= Dice) is half the best F1 score, so never above 0.5 (Lipton, Elkan and Narayanaswamy,
-"Thresholding classifiers to maximize F1 score", ECML PKDD 2014); a higher one would only fit the
-validation cases' noise (on the BraTS 2-D CPU runs it raised the validation TC Dice by 0.002-0.009
-and cost 0.03-0.2 on held-out cases). A lower one corrects networks that label too little at 0.5:
-the BraTS 2-D CPU models under-segment held-out tumours, and their validation case picks 0.2-0.3
-for the whole tumour.
+Post-processing decision (:func:`decide_postprocessing`): labels are tried one at a time, in label
+order; keep-largest-component for a label is kept switched on only when it raises the mean
+foreground Dice over the validation cases and lowers no entity's Dice (nnU-Net's rule, per label).
 
-Post-processing decision (:func:`decide_postprocessing`), made after the thresholds on the labels
-they give: labels are tried one at a time, in label order; keep-largest-component for a label is
-kept switched on only when it raises the mean foreground Dice over the validation cases and lowers
-no entity's Dice (nnU-Net's rule, per label).
+Region growing thresholds (:func:`decide_region_thresholds`, region-based models only), decided
+after post-processing on the labels it gives, as ``predict`` applies them: each region may grow
+from its 0.5 segmentation into the connected voxels above a lower threshold
+(:func:`brainseg_cli.inference.postprocess.grow_regions`, hysteresis). The threshold is chosen from
+:data:`THRESHOLD_CANDIDATES`, one region at a time in output order (WT, TC, ET), as the candidate
+with the highest mean foreground Dice; ties, and gains of at most :data:`MIN_GAIN`, keep the value
+nearest 0.5. None is above 0.5: for calibrated probabilities the threshold that maximises the
+expected F1 score (= Dice) is half the best F1 score (Lipton, Elkan and Narayanaswamy,
+"Thresholding classifiers to maximize F1 score", ECML PKDD 2014). Growing, not a plain lower
+threshold, because a faint blob away from the tumour must not come in: on a BraTS 2-D CPU run a plain
+threshold of 0.1 (chosen on a validation case with a large tumour) made such a blob the largest
+component, and keep-largest-component then removed the smaller held-out tumour entirely.
 """
 
 from __future__ import annotations
@@ -245,8 +245,8 @@ class ThresholdDecision:
     Attributes:
         thresholds: ``{region name: threshold}`` in output order (the checkpoint's
             ``region_thresholds``).
-        dice_before: per-entity mean Dice at 0.5 for every region.
-        dice_after: per-entity mean Dice at the chosen thresholds.
+        dice_before: per-entity mean Dice without growing.
+        dice_after: per-entity mean Dice grown at the chosen thresholds.
         trials: ``{region name: {threshold: mean foreground Dice}}``, for the log.
     """
 
@@ -258,41 +258,46 @@ class ThresholdDecision:
 
 def decide_region_thresholds(
     probabilities: Mapping[str, np.ndarray],
+    predictions: Mapping[str, np.ndarray],
     references: Mapping[str, np.ndarray],
     *,
     regions: Mapping[str, Sequence[int]],
     candidates: Sequence[float] = THRESHOLD_CANDIDATES,
 ) -> ThresholdDecision:
-    """Choose each region's sigmoid threshold on the validation cases (rule in the module docstring).
+    """Choose each region's growing threshold on the validation cases (rule in the module docstring).
 
-    Regions are decided in output order, each with the earlier ones at their chosen thresholds and
-    the later ones at 0.5. A candidate replaces the current threshold only when it raises the mean
-    foreground Dice (mean over regions of the mean over cases) by more than :data:`MIN_GAIN`;
-    candidates are tried from the nearest to 0.5 outwards, so a tie keeps the value nearest 0.5.
+    Regions are decided in output order, each with the earlier ones grown at their chosen
+    thresholds and the later ones at 0.5 (not grown). A candidate replaces the current threshold
+    only when it raises the mean foreground Dice (mean over regions of the mean over cases) by more
+    than :data:`MIN_GAIN`; candidates are tried from the nearest to 0.5 outwards, so a tie keeps the
+    value nearest 0.5.
 
     Args:
         probabilities: ``{case: (R, *spatial)}`` sigmoid probabilities, one channel per region in
             ``regions`` order.
+        predictions: ``{case: label map}`` the regions grow from: the labels at 0.5 after the
+            post-processing decided for them.
         references: ``{case: reference label map}`` (same keys; the spatial shape of the probabilities).
         regions: ordered ``{name: [label values]}`` (largest region first).
-        candidates: thresholds to try, each in (0, 1).
+        candidates: thresholds to try, each in (0, 0.5].
 
     Returns:
         The :class:`ThresholdDecision` (every region at 0.5 when there are no cases).
 
     Raises:
-        ConfigError: a case without a reference, a probability array with the wrong channel count or
-            shape, or a candidate outside (0, 1).
+        ConfigError: a case without a reference or prediction, a probability array with the wrong
+            channel count or shape, or a candidate outside (0, 0.5].
     """
-    from brainseg_cli.inference.postprocess import check_thresholds
+    from brainseg_cli.inference.postprocess import check_thresholds, grow_regions
 
     names = list(regions)
     region_lists = [list(v) for v in regions.values()]
     check_thresholds(candidates, count=len(candidates), what="threshold candidates")
     cases = sorted(probabilities)
     for case in cases:
-        if case not in references:
-            raise ConfigError(f"threshold decision: no reference label map for validation case '{case}'")
+        for what, table in (("reference", references), ("predicted", predictions)):
+            if case not in table:
+                raise ConfigError(f"threshold decision: no {what} label map for validation case '{case}'")
         probs, ref = probabilities[case], references[case]
         if probs.shape[0] != len(names) or probs.shape[1:] != ref.shape:
             raise ConfigError(f"threshold decision: case '{case}' has probabilities of shape {probs.shape} "
@@ -300,7 +305,7 @@ def decide_region_thresholds(
     ordered = sorted({float(c) for c in candidates} | {REGION_THRESHOLD}, key=lambda c: (abs(c - REGION_THRESHOLD), c))
 
     def score(cuts: Sequence[float]) -> dict[str, float]:
-        per_case = [case_dice(probabilities_to_labels(probabilities[c], regions=region_lists, thresholds=cuts),
+        per_case = [case_dice(grow_regions(predictions[c], probabilities[c], regions=region_lists, thresholds=cuts),
                               references[c], regions) for c in cases]
         return mean_dice(per_case, names)
 

@@ -9,6 +9,7 @@ import torch
 from brainseg_cli.errors import ConfigError
 from brainseg_cli.inference.postprocess import (
     apply_largest_component,
+    grow_regions,
     keep_largest_component,
     probabilities_to_labels,
     region_label_values,
@@ -95,32 +96,43 @@ def test_region_probabilities_later_overwrite_earlier():
         probabilities_to_labels(probs, regions=[[1, 2], [2]])
 
 
-def test_region_thresholds_per_region():
-    probs = np.zeros((3, 4), np.float32)
-    probs[:, 0] = [0.35, 0.1, 0.1]   # WT above its 0.3 threshold only
-    probs[:, 1] = [0.9, 0.45, 0.1]   # TC above 0.4 -> 2
-    probs[:, 2] = [0.9, 0.9, 0.25]   # ET 0.25 is not above ET's 0.5 -> stays 2
-    probs[:, 3] = [0.3, 0.1, 0.1]    # exactly at WT's threshold: not foreground
+def test_grow_regions_takes_in_connected_voxels_only():
+    # one row of voxels: a confident tumour (WT 0.9) with a faint rim (0.3), a gap, and a faint blob (0.3)
+    probs = np.zeros((3, 1, 10), np.float32)
+    probs[0, 0] = [0.3, 0.9, 0.9, 0.3, 0.05, 0.3, 0.3, 0.3, 0.05, 0.1]
+    probs[1, 0] = [0.1, 0.45, 0.9, 0.1, 0.05, 0.1, 0.1, 0.1, 0.05, 0.1]
     regions = [[1, 2, 3], [2, 3], [3]]
-    np.testing.assert_array_equal(probabilities_to_labels(probs, regions=regions, thresholds=[0.3, 0.4, 0.5]),
-                                  [1, 2, 2, 0])
-    # None and an explicit 0.5 everywhere agree
-    np.testing.assert_array_equal(probabilities_to_labels(probs, regions=regions),
-                                  probabilities_to_labels(probs, regions=regions, thresholds=[0.5] * 3))
+    labels = probabilities_to_labels(probs, regions=regions)
+    np.testing.assert_array_equal(labels[0], [0, 1, 2, 0, 0, 0, 0, 0, 0, 0])
+    grown = grow_regions(labels, probs, regions=regions, thresholds=[0.2, 0.4, 0.5])
+    # WT takes in the rim on both sides, not the blob; TC grows into its 0.45 neighbour
+    np.testing.assert_array_equal(grown[0], [1, 2, 2, 1, 0, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(labels[0], [0, 1, 2, 0, 0, 0, 0, 0, 0, 0])   # input untouched
+    # 0.5 everywhere changes nothing; nothing grows from an empty region
+    np.testing.assert_array_equal(grow_regions(labels, probs, regions=regions, thresholds=[0.5] * 3), labels)
+    empty = np.zeros_like(labels)
+    np.testing.assert_array_equal(grow_regions(empty, probs, regions=regions, thresholds=[0.1] * 3), empty)
+
+
+def test_grow_regions_uses_full_connectivity():
+    probs = np.zeros((1, 3, 3), np.float32)
+    probs[0, 0, 0] = 0.9
+    probs[0, 1, 1] = 0.3     # touches the tumour at a corner only
+    labels = probabilities_to_labels(probs, regions=[[1]])
+    grown = grow_regions(labels, probs, regions=[[1]], thresholds=[0.2])
+    assert grown[1, 1] == 1 and grown.sum() == 2
 
 
 @pytest.mark.parametrize("thresholds, message", [
     ([0.3, 0.5], "2 values"),
-    ([0.3, 0.5, 1.0], "between 0 and 1"),
-    ([0.0, 0.5, 0.5], "between 0 and 1"),
+    ([0.3, 0.5, 0.6], r"in \(0, 0.5\], got 0.6"),
+    ([0.0, 0.5, 0.5], r"in \(0, 0.5\], got 0.0"),
     ([0.3, True, 0.5], "got True"),
 ])
-def test_region_thresholds_rejected(thresholds, message):
+def test_grow_regions_rejects_bad_thresholds(thresholds, message):
     probs = np.full((3, 2), 0.6, np.float32)
+    labels = probabilities_to_labels(probs, regions=[[1, 2, 3], [2, 3], [3]])
     with pytest.raises(ConfigError, match=message):
-        probabilities_to_labels(probs, regions=[[1, 2, 3], [2, 3], [3]], thresholds=thresholds)
-
-
-def test_thresholds_need_regions():
-    with pytest.raises(ConfigError, match="region-based"):
-        probabilities_to_labels(np.full((2, 3), 0.5, np.float32), thresholds=[0.3, 0.3])
+        grow_regions(labels, probs, regions=[[1, 2, 3], [2, 3], [3]], thresholds=thresholds)
+    with pytest.raises(ConfigError, match=r"probabilities of shape \(3, 2\) for 3 regions and labels of shape \(3,\)"):
+        grow_regions(np.zeros(3, np.uint8), probs, regions=[[1, 2, 3], [2, 3], [3]], thresholds=[0.3] * 3)

@@ -182,17 +182,18 @@ def test_region_thresholds_from_the_checkpoint(tmp_path):
     a = _with_thresholds(random_checkpoint(tmp_path / "a.pt", **kwargs), {"WT": 0.3, "TC": 0.4})
     predictor = Predictor.from_checkpoints([a], device="cpu")
     assert predictor.thresholds() == {"WT": 0.3, "TC": 0.4, "ET": 0.5}   # ET not stored: 0.5
-    probs = np.zeros((3, 5), np.float32)
-    probs[:, 0] = [0.35, 0.1, 0.1]    # WT at 0.35: edema with the checkpoint's 0.3, nothing at 0.5
-    probs[:, 1] = [0.9, 0.45, 0.1]    # TC at 0.45: core with 0.4
-    probs[:, 2] = [0.9, 0.9, 0.45]    # ET at 0.45: ET keeps 0.5, so core
-    probs[:, 3] = [0.2, 0.1, 0.1]
-    probs[:, 4] = [0.9, 0.9, 0.9]
-    np.testing.assert_array_equal(predictor.labels_from_probabilities(probs, lcc="off"), [1, 2, 2, 0, 3])
-    # one threshold for every region overrides the checkpoint's
+    probs = np.zeros((3, 1, 1, 8), np.float32)
+    probs[:, 0, 0, 0] = [0.35, 0.1, 0.1]    # faint WT next to the tumour: grows in with 0.3
+    probs[:, 0, 0, 1] = [0.9, 0.45, 0.1]    # TC 0.45 next to TC: grows in with 0.4
+    probs[:, 0, 0, 2] = [0.9, 0.9, 0.45]    # ET 0.45: ET stays at 0.5, so core
+    probs[:, 0, 0, 3] = [0.9, 0.9, 0.9]
+    probs[:, 0, 0, 5] = [0.35, 0.1, 0.1]    # faint WT away from the tumour: stays out
+    grown = predictor.labels_from_probabilities(probs, lcc="off")
+    np.testing.assert_array_equal(grown[0, 0], [1, 2, 2, 3, 0, 0, 0, 0])
+    # one threshold for every region overrides the checkpoint's (0.5: no growing)
     half = Predictor.from_checkpoints([a], device="cpu", region_threshold=0.5)
     assert half.thresholds() == {"WT": 0.5, "TC": 0.5, "ET": 0.5}
-    np.testing.assert_array_equal(half.labels_from_probabilities(probs, lcc="off"), [0, 1, 2, 0, 3])
+    np.testing.assert_array_equal(half.labels_from_probabilities(probs, lcc="off")[0, 0], [0, 1, 2, 3, 0, 0, 0, 0])
     # an ensemble averages its members' thresholds (a checkpoint without any counts as 0.5)
     b = random_checkpoint(tmp_path / "b.pt", seed=1, **kwargs)
     assert Predictor.from_checkpoints([a, b], device="cpu").thresholds() == pytest.approx(
@@ -203,15 +204,15 @@ def test_region_thresholds_rejected(tmp_path):
     regions = {"WT": [1, 2], "TC": [2]}
     labels = {"background": 0, "edema": 1, "core": 2}
     kwargs = dict(labels=labels, regions=regions, region_based=True)
-    bad = _with_thresholds(random_checkpoint(tmp_path / "bad.pt", **kwargs), {"WT": 1.5})
-    with pytest.raises(CheckpointError, match=r"bad.pt: region threshold of 'WT' is 1.5, not a number in \(0, 1\)"):
+    bad = _with_thresholds(random_checkpoint(tmp_path / "bad.pt", **kwargs), {"WT": 0.7})
+    with pytest.raises(CheckpointError, match=r"bad.pt: region threshold of 'WT' is 0.7, not a number in \(0, 0.5\]"):
         Predictor.from_checkpoints([bad], device="cpu")
     unknown = _with_thresholds(random_checkpoint(tmp_path / "unknown.pt", **kwargs), {"ET": 0.3})
     with pytest.raises(CheckpointError, match="names 'ET', which is not one of its regions"):
         Predictor.from_checkpoints([unknown], device="cpu")
     good = random_checkpoint(tmp_path / "good.pt", **kwargs)
-    with pytest.raises(ConfigError, match="--region-threshold: a region threshold must be a number between 0 and 1"):
-        Predictor.from_checkpoints([good], device="cpu", region_threshold=1.0)
+    with pytest.raises(ConfigError, match=r"--region-threshold: a region threshold must be a number in \(0, 0.5\]"):
+        Predictor.from_checkpoints([good], device="cpu", region_threshold=0.6)
     softmax = random_checkpoint(tmp_path / "softmax.pt")
     with pytest.raises(ConfigError, match="applies to region-based .* softmax.pt has softmax classes"):
         Predictor.from_checkpoints([softmax], device="cpu", region_threshold=0.3)

@@ -140,9 +140,9 @@ def test_region_thresholds_decided_per_checkpoint_on_its_own_probabilities(tmp_p
     seen = []
     real = fit_module.decide_region_thresholds
 
-    def spy(probabilities, references, **kwargs):
+    def spy(probabilities, predictions, references, **kwargs):
         seen.append({case: p.copy() for case, p in probabilities.items()})
-        return real(probabilities, references, **kwargs)
+        return real(probabilities, predictions, references, **kwargs)
 
     monkeypatch.setattr(fit_module, "decide_region_thresholds", spy)
     plan = cube_plan(region_based=True)

@@ -156,46 +156,49 @@ def _sphere(shape, centre, radius):
 REGIONS = {"WT": [1, 2], "TC": [2]}
 
 
-def _region_case(wt_inside: float, tc_inside: float):
-    """A reference with WT (label 1) around TC (label 2) and probabilities that are ``*_inside``
-    inside each region (0.05 outside): a network this much under-confident."""
-    ref = np.zeros((24, 24, 24), np.uint8)
+def _region_case(rim: float):
+    """WT (label 1, radius 9) around TC (label 2, radius 4). The network is confident (0.9) inside
+    radius 6 and gives the rest of WT probability ``rim``; a far blob of ``rim`` is not tumour."""
+    from brainseg_cli.inference import probabilities_to_labels
+
+    ref = np.zeros((24, 24, 40), np.uint8)
     ref[_sphere(ref.shape, (12, 12, 12), 9)] = 1
     ref[_sphere(ref.shape, (12, 12, 12), 4)] = 2
     probs = np.full((2, *ref.shape), 0.05, np.float32)
-    probs[0][ref > 0] = wt_inside
-    probs[1][ref == 2] = tc_inside
-    return probs, ref
+    probs[0][ref > 0] = rim
+    probs[0][_sphere(ref.shape, (12, 12, 12), 6)] = 0.9
+    probs[1][ref == 2] = 0.9
+    probs[0][_sphere(ref.shape, (12, 12, 33), 4)] = rim    # the far blob
+    return probs, probabilities_to_labels(probs, regions=list(REGIONS.values())), ref
 
 
-def test_region_thresholds_lowered_for_an_under_confident_region():
-    probs, ref = _region_case(wt_inside=0.35, tc_inside=0.9)   # WT below 0.5 everywhere: Dice 0 at 0.5
-    decision = decide_region_thresholds({"a": probs}, {"a": ref}, regions=REGIONS)
-    assert decision.thresholds["WT"] == 0.3                   # the candidate nearest 0.5 that recovers WT
-    assert decision.thresholds["TC"] == 0.5                   # already perfect: unchanged
-    assert decision.dice_before["WT"] < 0.2 and decision.dice_after["WT"] == 1.0
-    assert decision.trials["WT"][0.5] < decision.trials["WT"][0.3]
+def test_region_growing_threshold_lowered_for_a_faint_rim():
+    probs, pred, ref = _region_case(rim=0.35)
+    decision = decide_region_thresholds({"a": probs}, {"a": pred}, {"a": ref}, regions=REGIONS)
+    assert decision.thresholds == {"WT": 0.3, "TC": 0.5}   # the value nearest 0.5 that takes in the rim
+    assert decision.dice_before["WT"] < 0.6 and decision.dice_after["WT"] == 1.0   # the far blob stays out
+    assert decision.dice_after["TC"] == decision.dice_before["TC"] == 1.0
+    assert decision.trials["WT"][0.5] < decision.trials["WT"][0.3] == decision.trials["WT"][0.1]
 
 
-def test_region_thresholds_stay_at_half_for_a_confident_network_and_never_rise():
-    probs, ref = _region_case(wt_inside=0.9, tc_inside=0.9)
-    # a false-positive shell at 0.55 that only a threshold above 0.5 would remove
-    shell = _sphere(ref.shape, (12, 12, 12), 11) & (ref == 0)
-    probs[0][shell] = 0.55
-    decision = decide_region_thresholds({"a": probs}, {"a": ref}, regions=REGIONS)
+def test_region_growing_threshold_stays_at_half_without_a_rim():
+    probs, pred, ref = _region_case(rim=0.9)
+    decision = decide_region_thresholds({"a": probs}, {"a": pred}, {"a": ref}, regions=REGIONS)
     assert decision.thresholds == {"WT": 0.5, "TC": 0.5}
     assert max(decision.trials["WT"]) == 0.5
 
 
 def test_region_thresholds_without_cases_and_with_bad_input():
-    assert decide_region_thresholds({}, {}, regions=REGIONS).thresholds == {"WT": 0.5, "TC": 0.5}
-    probs, ref = _region_case(0.9, 0.9)
+    assert decide_region_thresholds({}, {}, {}, regions=REGIONS).thresholds == {"WT": 0.5, "TC": 0.5}
+    probs, pred, ref = _region_case(0.9)
     with pytest.raises(ConfigError, match="no reference label map for validation case 'a'"):
-        decide_region_thresholds({"a": probs}, {}, regions=REGIONS)
-    with pytest.raises(ConfigError, match=r"shape \(1, 24, 24, 24\) for 2 regions"):
-        decide_region_thresholds({"a": probs[:1]}, {"a": ref}, regions=REGIONS)
-    with pytest.raises(ConfigError, match="between 0 and 1"):
-        decide_region_thresholds({"a": probs}, {"a": ref}, regions=REGIONS, candidates=(0.0, 0.5))
+        decide_region_thresholds({"a": probs}, {"a": pred}, {}, regions=REGIONS)
+    with pytest.raises(ConfigError, match="no predicted label map for validation case 'a'"):
+        decide_region_thresholds({"a": probs}, {}, {"a": ref}, regions=REGIONS)
+    with pytest.raises(ConfigError, match=r"shape \(1, 24, 24, 40\) for 2 regions"):
+        decide_region_thresholds({"a": probs[:1]}, {"a": pred}, {"a": ref}, regions=REGIONS)
+    with pytest.raises(ConfigError, match=r"in \(0, 0.5\]"):
+        decide_region_thresholds({"a": probs}, {"a": pred}, {"a": ref}, regions=REGIONS, candidates=(0.3, 0.7))
 
 
 def test_validate_keeps_probabilities_when_asked():
