@@ -35,8 +35,9 @@ and ``Brats18_TCIA13_623_1`` (the only LGG); the other 7 (all HGG) train.
         [--loss dice-ce|dice] [--batch-dice | --no-batch-dice] [--no-tta]
         [--checkpoint best|last] [--seeds N [N ...]] [-o OUT]
 
-Run-to-run spread is large (three seeds gave WT 0.811-0.862): judge a change by the mean of
-several seeds (``--seeds 0 1 2``, three runs one after the other), not by one run.
+Run-to-run spread is large (six runs gave WT 0.811-0.862 at 0.5, 0.845-0.867 with region
+growing): judge a change by the mean of several seeds (``--seeds 0 1 2``, three runs one after the
+other), not by one run.
 
 Target (issue #5): whole-tumour Dice >= 0.85 and above a plain MONAI baseline at equal budget (a
 MONAI 2-D U-Net reached WT 0.84 / TC 0.76 / ET 0.59 on other real BraTS 2018 cases; a MONAI 3-D
