@@ -23,7 +23,8 @@ and drop a small tumour).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -61,6 +62,42 @@ def keep_largest_component(mask: np.ndarray) -> np.ndarray:
     sizes = np.bincount(components.ravel())
     sizes[0] = 0
     return components == int(np.argmax(sizes))
+
+
+def decided_groups(
+    postprocessing: Mapping[str, Any], *, labels: Mapping[str, int], regions: Mapping[str, Sequence[int]],
+    source: str = "checkpoint",
+) -> list[list[int]]:
+    """The label groups a stored post-processing decision keeps the largest component of, in order.
+
+    Args:
+        postprocessing: ``{name: {"largest_component": bool}}`` (a checkpoint's ``postprocessing``):
+            label names -> their value; region names -> the region's labels as one group;
+            :data:`ALL_FOREGROUND` -> every foreground label as one group.
+        labels: label name -> value (background 0 ignored).
+        regions: region name -> label values.
+        source: what the decision comes from, named in the warning about an unknown name.
+
+    Returns:
+        The groups switched on, in the order stored (names that are neither labels nor regions are
+        skipped with a warning).
+    """
+    foreground = sorted(int(v) for v in labels.values() if int(v) != 0)
+    groups: list[list[int]] = []
+    for name, decision in postprocessing.items():
+        if not (isinstance(decision, Mapping) and decision.get("largest_component")):
+            continue
+        if name in labels and int(labels[name]) != 0:
+            groups.append([int(labels[name])])
+        elif name == ALL_FOREGROUND:
+            if foreground:
+                groups.append(foreground)
+        elif name in regions:
+            groups.append([int(v) for v in regions[name]])
+        else:
+            logger.warning("%s: post-processing names '%s', which is neither a label nor a region; ignored",
+                           source, name)
+    return groups
 
 
 def label_value_dtype(max_label: int) -> np.dtype:

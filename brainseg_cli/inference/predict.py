@@ -88,6 +88,7 @@ class PredictConfig:
         Raises:
             ConfigError: an invalid value or combination (one line).
         """
+        from brainseg_cli.inference.postprocess import check_thresholds
         from brainseg_cli.inference.predictor import LCC_MODES
         from brainseg_cli.inference.sliding_window import PRECISIONS
 
@@ -103,9 +104,8 @@ class PredictConfig:
             raise ConfigError(f"--overlap must be in [0, 1), got {self.overlap}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.region_threshold is not None and not (
-                isinstance(self.region_threshold, (int, float)) and 0.0 < self.region_threshold <= 0.5):
-            raise ConfigError(f"--region-threshold must be in (0, 0.5], got {self.region_threshold}")
+        if self.region_threshold is not None:
+            check_thresholds([self.region_threshold], count=1, what="--region-threshold")
 
 
 @dataclass(frozen=True)

@@ -33,10 +33,10 @@ from torch import nn
 
 from brainseg_cli.errors import CheckpointError, ConfigError, InputError
 from brainseg_cli.inference.postprocess import (
-    ALL_FOREGROUND,
     REGION_THRESHOLD,
     apply_largest_component,
     check_thresholds,
+    decided_groups,
     grow_regions,
     label_value_dtype,
     probabilities_to_labels,
@@ -149,13 +149,14 @@ def _check_region_thresholds(ckpt: Mapping[str, Any], path: Path) -> None:
     regions = ckpt.get("regions") or {}
     if not isinstance(raw, Mapping):
         raise CheckpointError(f"checkpoint {path}: region_thresholds is a {type(raw).__name__}, not a dict")
-    for name, value in raw.items():
+    for name in raw:
         if name not in regions:
             raise CheckpointError(f"checkpoint {path}: region_thresholds names '{name}', which is not one of its "
                                   f"regions ({', '.join(map(str, regions)) or 'none'})")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= REGION_THRESHOLD:
-            raise CheckpointError(f"checkpoint {path}: region threshold of '{name}' is {value!r}, "
-                                  f"not a number in (0, {REGION_THRESHOLD}]")
+    try:
+        check_thresholds(list(raw.values()), count=len(raw), what=f"checkpoint {path}: region_thresholds")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -351,21 +352,8 @@ class Predictor:
         foreground = sorted(v for v in self.labels.values() if v != 0)
         if lcc == "on":
             return [foreground] if foreground else []
-        groups = []
-        for name, decision in (self.checkpoint.get("postprocessing") or {}).items():
-            if not (isinstance(decision, Mapping) and decision.get("largest_component")):
-                continue
-            if name in self.labels and self.labels[name] != 0:
-                groups.append([self.labels[name]])
-            elif name == ALL_FOREGROUND:
-                if foreground:
-                    groups.append(foreground)
-            elif name in self.regions:
-                groups.append(list(self.regions[name]))
-            else:
-                logger.warning("checkpoint %s: post-processing names '%s', which is neither a label nor a region; "
-                               "ignored", self.members[0].path, name)
-        return groups
+        return decided_groups(self.checkpoint.get("postprocessing") or {}, labels=self.labels, regions=self.regions,
+                              source=f"checkpoint {self.members[0].path}")
 
     # ------------------------------------------------------------------------------ prediction
     def _predict_member(self, member: EnsembleMember, data: np.ndarray) -> np.ndarray:
@@ -474,7 +462,7 @@ class Predictor:
         if groups:
             labels = apply_largest_component(labels, labels_to_process=groups)
         cuts = self.thresholds()
-        if regions is not None and cuts is not None and min(cuts.values()) < REGION_THRESHOLD:
+        if cuts is not None:
             labels = grow_regions(labels, probs, regions=regions, thresholds=list(cuts.values()))
         return labels
 

@@ -57,7 +57,7 @@ from torch import nn
 
 from brainseg_cli import __version__
 from brainseg_cli.errors import BrainsegError, CheckpointError, ConfigError
-from brainseg_cli.inference.postprocess import ALL_FOREGROUND, apply_largest_component
+from brainseg_cli.inference.postprocess import apply_largest_component, decided_groups
 from brainseg_cli.io.atomic import atomic_write
 from brainseg_cli.training import distributed as D
 from brainseg_cli.training.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
@@ -981,7 +981,7 @@ def decide_and_store(run_dir: Path, *, model: nn.Module, dataset: TrainingCases,
             thresholds: dict[str, float] = {}
             dice_after = decision.dice_after
             if regions is not None:
-                groups = _lcc_groups(decision.postprocessing, labels)
+                groups = decided_groups(decision.postprocessing, labels=labels, regions=regions)
                 processed = {case: apply_largest_component(pred, labels_to_process=groups) if groups else pred
                              for case, pred in result.predictions.items()}
                 chosen = decide_region_thresholds(result.probabilities, processed, references, regions=regions)
@@ -996,13 +996,3 @@ def decide_and_store(run_dir: Path, *, model: nn.Module, dataset: TrainingCases,
         decided[name] = (decision.postprocessing, dict(thresholds))
     return decided.get(BEST, (off, {}))
 
-
-def _lcc_groups(postprocessing: Mapping[str, Mapping[str, bool]], labels: Mapping[str, int]) -> list[list[int]]:
-    """The label groups a post-processing decision keeps the largest component of, in order
-    (as ``predict --lcc auto`` applies them)."""
-    foreground = sorted(int(v) for v in labels.values() if int(v) != 0)
-    groups = []
-    for name, decision in postprocessing.items():
-        if decision.get("largest_component"):
-            groups.append(foreground if name == ALL_FOREGROUND else [int(labels[name])])
-    return groups

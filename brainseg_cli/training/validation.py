@@ -46,7 +46,7 @@ from torch import nn
 
 from brainseg_cli.errors import ConfigError
 from brainseg_cli.inference import apply_largest_component, probabilities_to_labels, sliding_window_predict
-from brainseg_cli.inference.postprocess import ALL_FOREGROUND, REGION_THRESHOLD
+from brainseg_cli.inference.postprocess import ALL_FOREGROUND, REGION_THRESHOLD, check_thresholds, grow_regions
 from brainseg_cli.metrics.overlap import label_confusion, overlap_metrics
 
 logger = logging.getLogger(__name__)
@@ -288,8 +288,6 @@ def decide_region_thresholds(
         ConfigError: a case without a reference or prediction, a probability array with the wrong
             channel count or shape, or a candidate outside (0, 0.5].
     """
-    from brainseg_cli.inference.postprocess import check_thresholds, grow_regions
-
     names = list(regions)
     region_lists = [list(v) for v in regions.values()]
     check_thresholds(candidates, count=len(candidates), what="threshold candidates")

@@ -72,7 +72,7 @@ def test_region_threshold_option(setup, tmp_path):
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "a").exists()
     res = runner.invoke(app, ["predict", "-m", str(ckpt), "-i", str(src), "-o", str(tmp_path / "b"), "--device", "cpu",
                               "--region-threshold", "1.5"])
-    assert res.exit_code == 2 and "--region-threshold must be in (0, 0.5], got 1.5" in res.stderr
+    assert res.exit_code == 2 and "--region-threshold: a region threshold must be a number in (0, 0.5], got 1.5" in res.stderr
     regions = {"WT": [1, 2], "TC": [2]}
     labels = {"background": 0, "edema": 1, "core": 2}
     region_ckpt = random_checkpoint(tmp_path / "regions.pt", seed=4, patch_size=(16, 16, 16), labels=labels,

@@ -205,7 +205,7 @@ def test_region_thresholds_rejected(tmp_path):
     labels = {"background": 0, "edema": 1, "core": 2}
     kwargs = dict(labels=labels, regions=regions, region_based=True)
     bad = _with_thresholds(random_checkpoint(tmp_path / "bad.pt", **kwargs), {"WT": 0.7})
-    with pytest.raises(CheckpointError, match=r"bad.pt: region threshold of 'WT' is 0.7, not a number in \(0, 0.5\]"):
+    with pytest.raises(CheckpointError, match=r"bad.pt: region_thresholds: a region threshold must be a number in \(0, 0.5\], got 0.7"):
         Predictor.from_checkpoints([bad], device="cpu")
     unknown = _with_thresholds(random_checkpoint(tmp_path / "unknown.pt", **kwargs), {"ET": 0.3})
     with pytest.raises(CheckpointError, match="names 'ET', which is not one of its regions"):
