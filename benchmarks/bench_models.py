@@ -1,6 +1,6 @@
-"""CPU forward time of every brainseg model beside MONAI networks of the same size.
+"""Forward time of every brainseg model beside MONAI networks of the same size (CPU, or a GPU).
 
-Run: ``python benchmarks/bench_models.py`` (defaults: one 128^3 patch with 4 channels for 3-D
+Run: ``python benchmarks/bench_models.py [--device cuda]`` (defaults: one 128^3 patch with 4 channels for 3-D
 models, a batch of 16 x 256^2 slices with 4 channels for 2-D ones; 4 output classes; eval mode
 under ``torch.inference_mode``; fp32 and bf16 autocast). Each model is warmed up on a half-size
 input and then timed ``--repeats`` times at full size (the best time is kept). References:
@@ -33,15 +33,19 @@ from torch import nn
 from brainseg_cli.models import build_model, plan_unet_topology
 
 
-def _time(model: nn.Module, shape: tuple[int, ...], *, bf16: bool, repeats: int) -> float:
+def _time(model: nn.Module, shape: tuple[int, ...], *, bf16: bool, repeats: int, device: torch.device) -> float:
     warm_shape = (1, shape[1], *(s // 2 for s in shape[2:]))  # half-size: still a valid multiple
     best = float("inf")
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        model(torch.randn(warm_shape))
-        x = torch.randn(shape)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        model(torch.randn(warm_shape, device=device))
+        x = torch.randn(shape, device=device)
+        model(x)  # full-size warm-up too (cuDNN picks its algorithms per shape)
+        sync()
         for _ in range(repeats):
             start = time.perf_counter()
             model(x)
+            sync()
             best = min(best, time.perf_counter() - start)
     return best
 
@@ -73,7 +77,11 @@ def main() -> None:
     parser.add_argument("--batch2d", type=int, default=16, help="2-D batch of 256^2 slices (default 16)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per model and precision (best kept)")
     parser.add_argument("--only", nargs="*", default=None, help="row labels to run (default: all)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    parser.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms (GPU)")
     args = parser.parse_args()
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    device = torch.device(args.device)
 
     size3 = (args.size,) * 3
     k3, s3 = plan_unet_topology(size3, (1.0, 1.0, 1.0))
@@ -102,7 +110,8 @@ def main() -> None:
          "DynUNet BN", lambda: _dynunet(2, [[1] * 2] + [[2] * 2] * 4, [32, 64, 128, 256, 512], batch_relu=True)),
     ]
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; 3-D input {shape3}, 2-D input {shape2}")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}; 3-D input {shape3}, 2-D input {shape2}")
     header = f"{'model':<15} {'params':>8} {'fp32 s':>8} {'bf16 s':>8} | {'MONAI':<15} {'params':>8} {'fp32 s':>8} {'bf16 s':>8} | {'ratio fp32':>10} {'ratio bf16':>10}"
     print(header)
     print("-" * len(header))
@@ -111,24 +120,24 @@ def main() -> None:
     for label, shape, ours_fn, ref_label, ref_fn in rows:
         if args.only and label not in args.only:
             continue
-        ours = ours_fn().eval() if ours_fn is not None else None
-        ref = ref_fn().eval() if ref_fn is not None else None
+        ours = ours_fn().eval().to(device) if ours_fn is not None else None
+        ref = ref_fn().eval().to(device) if ref_fn is not None else None
         times: dict[tuple[str, bool], float] = {}
         # Interleaved (ours, MONAI) per precision, so that load changes hit both alike.
         for bf16 in (False, True):
             for key, model in (("ours", ours), ("ref", ref)):
                 if model is not None:
-                    times[key, bf16] = _time(model, shape, bf16=bf16, repeats=args.repeats)
+                    times[key, bf16] = _time(model, shape, bf16=bf16, repeats=args.repeats, device=device)
         if ours is not None:
             cache[label] = (sum(p.numel() for p in ours.parameters()) / 1e6, times["ours", False], times["ours", True])
         n_ours, t32, t16 = cache[label]
-        line = f"{label:<15} {n_ours:>7.2f}M {t32:>8.2f} {t16:>8.2f} | "
+        line = f"{label:<15} {n_ours:>7.2f}M {t32:>8.3f} {t16:>8.3f} | "
         if ref is None:
             line += f"{ref_label:<15} {'':>8} {'':>8} {'':>8} | {'':>10} {'':>10}"
         else:
             n_ref = sum(p.numel() for p in ref.parameters()) / 1e6
             r32, r16 = times["ref", False], times["ref", True]
-            line += f"{ref_label:<15} {n_ref:>7.2f}M {r32:>8.2f} {r16:>8.2f} | {t32 / r32:>10.2f} {t16 / r16:>10.2f}"
+            line += f"{ref_label:<15} {n_ref:>7.2f}M {r32:>8.3f} {r16:>8.3f} | {t32 / r32:>10.2f} {t16 / r16:>10.2f}"
         del ours, ref
         print(line, flush=True)
     print(f"total {time.perf_counter() - start:.0f} s")

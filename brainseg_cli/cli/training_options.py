@@ -105,7 +105,7 @@ ValSplit = Annotated[Optional[float], typer.Option("--val-split", metavar="FRAC"
 Fold = Annotated[Optional[int], typer.Option("--fold", min=0, metavar="K", help="Validate on fold K of --folds.")]
 Folds = Annotated[Optional[int], typer.Option("--folds", min=2, metavar="N", help="Number of folds \\[default: 5].")]
 PrecisionOption = Annotated[Optional[Precision], typer.Option(
-    "--precision", help="auto = bf16 on CUDA and native-bf16 CPUs, else fp32; fp16: CUDA only \\[default: auto].")]
+    "--precision", help="auto = fp16 (loss scaling) on CUDA, bf16 on native-bf16 CPUs, else fp32; fp16: CUDA only \\[default: auto].")]
 Compile = Annotated[Optional[bool], typer.Option("--compile", help="Compile the network (torch.compile).")]
 Resume = Annotated[Optional[bool], typer.Option("--resume", help="Continue RUN_DIR from last.pt.")]
 Deterministic = Annotated[Optional[bool], typer.Option(

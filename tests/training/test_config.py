@@ -98,6 +98,17 @@ def test_auto_precision_on_cpu_is_bf16_only_where_native(monkeypatch, native):
     assert resolve_runtime(TrainConfig(device="cpu", workers=0, precision="fp32")).precision == "fp32"
 
 
+def test_auto_precision_on_cuda_is_fp16(monkeypatch):
+    """fp16 with loss scaling: measured faster than bf16 and fp32 on an H200 (benchmarks/gpu_check.sh)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    auto = resolve_runtime(TrainConfig(device="auto", workers=0), local_rank=1)
+    assert (auto.device, auto.precision) == ("cuda:1", "fp16")
+    assert resolve_runtime(TrainConfig(device="cuda:0", workers=0, precision="bf16")).precision == "bf16"
+
+
 def test_cuda_unavailable_is_a_usage_error(monkeypatch):
     import torch
 
