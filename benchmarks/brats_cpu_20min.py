@@ -298,6 +298,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA, help="the brats2018_deepbrainseg folder")
     parser.add_argument("--slice-weighting", choices=("uniform", "foreground"), default="uniform",
                         help="pretrain --slice-weighting for 2-D plans (default uniform)")
+    parser.add_argument("--slice-context", type=int, default=0, metavar="K",
+                        help="2-D: neighbouring slices on each side given as channels (pretrain --slice-context)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32",
                         help="pretrain --precision (default fp32; auto trains in bf16 on CPUs with native bf16)")
     parser.add_argument("--aug-preset", choices=("default", "brats"), default="default",
@@ -368,7 +370,7 @@ def run_once(args: argparse.Namespace, seed: int, out: Path) -> dict[str, dict]:
     if args.batch_dice is not None:
         pretrain += ["--batch-dice" if args.batch_dice else "--sample-dice"]
     if args.config == "2d":
-        pretrain += ["--slice-weighting", args.slice_weighting]
+        pretrain += ["--slice-weighting", args.slice_weighting, "--slice-context", str(args.slice_context)]
     run_step("pretrain", pretrain, logs, steps)
     checkpoints = [args.checkpoint, "best" if args.checkpoint == "last" else "last"]
     # (checkpoint, output suffix, extra predict options): the headline, the other checkpoint, and the

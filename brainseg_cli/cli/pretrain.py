@@ -42,6 +42,7 @@ def pretrain(
     spacing: opts.Spacing = None,
     memory_gb: opts.MemoryGb = None,
     slice_weighting: opts.SliceWeightingOption = None,
+    slice_context: opts.SliceContextOption = None,
     batch_dice: opts.BatchDiceOption = None,
     lr: opts.LearningRate = None,
     optimizer: opts.OptimizerOption = None,
@@ -76,7 +77,7 @@ def pretrain(
             resume=resume, deterministic=deterministic, seed=seed, device=device, workers=workers, nproc=nproc),
         **opts.plan_cli_options(batch_size=batch_size, patch_size=patch_size, spacing=spacing, memory_gb=memory_gb,
                                 regions=regions, config=config, model=model, slice_weighting=slice_weighting,
-                                batch_dice=batch_dice),
+                                slice_context=slice_context, batch_dice=batch_dice),
     }
     train_config, plan_overrides = opts.resolve_cli_options(options_file=options_file, cli_options=cli_options)
     result = opts.run_training(pretrain_fn, dataset_dir=dataset, run_dir=output, train_config=train_config,

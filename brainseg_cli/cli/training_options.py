@@ -131,6 +131,9 @@ Spacing = Annotated[Optional[str], typer.Option("--spacing", metavar="X,Y,Z",
 MemoryGb = Annotated[Optional[float], typer.Option("--memory-gb", help="Memory budget of the plan in GB.")]
 SliceWeightingOption = Annotated[Optional[SliceWeighting], typer.Option(
     "--slice-weighting", help="2-D: draw slices uniformly or weighted by foreground area \\[default: uniform].")]
+SliceContextOption = Annotated[Optional[int], typer.Option(
+    "--slice-context", min=0, max=3, metavar="K", help="2-D: also give the network the K neighbouring slices on "
+    "each side as channels (2.5-D) \\[default: 0].")]
 BatchDiceOption = Annotated[Optional[bool], typer.Option(
     "--batch-dice/--sample-dice", help="Dice loss over the whole batch (nnU-Net's 2-D choice) or per "
     "sample \\[default: per sample].")]
@@ -215,6 +218,7 @@ def plan_cli_options(
     config: Config | None = None,
     model: str | None = None,
     slice_weighting: SliceWeighting | None = None,
+    slice_context: int | None = None,
     batch_dice: bool | None = None,
 ) -> dict[str, Any]:
     """Parsed plan flags -> ``{PlanOverrides field: value}`` (None = not given); usage errors exit 2."""
@@ -227,6 +231,7 @@ def plan_cli_options(
         "memory_gb": memory_gb,
         "regions": _value(regions),
         "slice_weighting": _value(slice_weighting),
+        "slice_context": slice_context,
         "batch_dice": batch_dice,
     }
 

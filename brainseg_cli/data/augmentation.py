@@ -192,29 +192,43 @@ def sample_spatial(config: AugmentConfig, rng: np.random.Generator, patch_size: 
 # intensity and mirroring
 
 
-def augment_intensity(image: np.ndarray, config: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+def augment_intensity(image: np.ndarray, config: AugmentConfig, rng: np.random.Generator, *,
+                      group: int = 1) -> np.ndarray:
     """Noise, blur, brightness, contrast and gamma on one sample ``(C, *patch)`` float32 (in place).
+
+    Args:
+        image: the sample, C-contiguous.
+        config: the augmentation configuration.
+        rng: the sample's generator.
+        group: consecutive channels that are one modality at neighbouring slices (a 2.5-D sample,
+            ``group = 2k + 1``): each random choice is drawn once per group and applied to all of its
+            channels alike, with statistics (mean, range) taken over the group.
 
     Returns:
         ``image`` (modified in place).
     """
     from scipy import ndimage
 
+    if image.shape[0] % group:
+        raise ValueError(f"{image.shape[0]} channels do not form groups of {group}")
+    grouped = image.reshape(image.shape[0] // group, group, *image.shape[1:])  # a view: edits reach image
     if rng.random() < config.p_noise:
         std = np.float32(math.sqrt(rng.uniform(*config.noise_variance)))
         noise = rng.standard_normal(size=image.shape, dtype=np.float32)
         noise *= std
         image += noise
     if rng.random() < config.p_blur:
-        for c in range(image.shape[0]):
+        for c in range(grouped.shape[0]):
             if rng.random() < 0.5:
-                image[c] = ndimage.gaussian_filter(image[c], rng.uniform(*config.blur_sigma))
+                sigma = rng.uniform(*config.blur_sigma)
+                for j in range(group):
+                    grouped[c, j] = ndimage.gaussian_filter(grouped[c, j], sigma)
     if rng.random() < config.p_brightness:
-        for c in range(image.shape[0]):
-            image[c] *= np.float32(rng.uniform(*config.brightness_range))
+        for c in range(grouped.shape[0]):
+            grouped[c] *= np.float32(rng.uniform(*config.brightness_range))
     if rng.random() < config.p_contrast:
-        for c in range(image.shape[0]):
-            ch = image[c]
+        for c in range(grouped.shape[0]):
+            ch = grouped[c]
             lo, hi, mean = ch.min(), ch.max(), ch.mean()
             ch -= mean
             ch *= np.float32(rng.uniform(*config.contrast_range))
@@ -222,8 +236,8 @@ def augment_intensity(image: np.ndarray, config: AugmentConfig, rng: np.random.G
             np.clip(ch, lo, hi, out=ch)
     for p, invert in ((config.p_gamma_inverted, True), (config.p_gamma, False)):
         if rng.random() < p:
-            for c in range(image.shape[0]):
-                image[c] = _gamma(image[c], rng.uniform(*config.gamma_range), invert=invert)
+            for c in range(grouped.shape[0]):
+                grouped[c] = _gamma(grouped[c], rng.uniform(*config.gamma_range), invert=invert)
     return image
 
 

@@ -8,7 +8,9 @@ force_foreground=..., augment=...)`` one training patch:
 - 2-D plans: a slice along ``plan["slice_axis"]`` cut to the in-plane ``patch_size``. The slice is
   drawn with :func:`~brainseg_cli.data.sampling.slice_weights` (``plan["sampling"]``: uniform or
   foreground-weighted, optionally never the first/last slice); a foreground-forced sample takes
-  the slice of a random foreground voxel and centres the patch on it.
+  the slice of a random foreground voxel and centres the patch on it. With ``plan["slice_context"]``
+  ``k > 0`` (2.5-D) the image is :func:`context_slab`: the slice and its ``k`` neighbours on each side
+  as channels; intensity augmentation treats the ``2k + 1`` channels of one modality alike.
 - With ``augment=True``: the spatial transform is drawn first and applied while cutting, then
   intensity augmentation and mirroring (:mod:`brainseg_cli.data.augmentation`).
 
@@ -53,6 +55,7 @@ class CachedCases:
         self.augment = augment
         self.two_d = plan["config"] == "2d"
         self.slice_axis = int(plan["slice_axis"]) if self.two_d else None
+        self.slice_context = int(plan.get("slice_context", 0)) if self.two_d else 0
         self.patch_size = tuple(int(p) for p in plan["patch_size"])
         if len(self.patch_size) != (2 if self.two_d else 3):
             raise InputError(f"plan patch size {list(self.patch_size)} does not fit config {plan['config']}")
@@ -122,7 +125,7 @@ class CachedCases:
             start, _ = choose_start(seg.shape, self.patch_size, rng, foreground=fg, force_foreground=force_foreground)
             image, label = extract_patch(data, seg, start, self.patch_size, transform=transform)
         if augment:
-            image = augment_intensity(np.ascontiguousarray(image), self.augment, rng)
+            image = augment_intensity(np.ascontiguousarray(image), self.augment, rng, group=2 * self.slice_context + 1)
             image, label = mirror(image, label, self.mirror_axes, self.augment.p_mirror, rng)
         return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(label)
 
@@ -151,11 +154,34 @@ class CachedCases:
             index = int(rng.choice(n, p=self._slice_weights(case, n)))
         sl: list[Any] = [slice(None)] * 3
         sl[axis] = index
-        image_slice = data[(slice(None), *sl)]
         label_slice = seg[tuple(sl)]
+        if self.slice_context:
+            image_slice = context_slab(data, index, axis=axis, context=self.slice_context)
+        else:
+            image_slice = data[(slice(None), *sl)]
         plane = tuple(seg.shape[a] for a in self.sample_axes)
         start, _ = choose_start(plane, self.patch_size, rng, foreground=plane_fg, force_foreground=plane_fg is not None)
         return extract_patch(image_slice, label_slice, start, self.patch_size, transform=transform)
+
+
+def context_slab(data: np.ndarray, index: int, *, axis: int, context: int) -> np.ndarray:
+    """A 2.5-D input slice: every channel at slice ``index`` and ``context`` neighbours on each side.
+
+    Args:
+        data: ``(C, X, Y, Z)`` volume (may be a memory map: only the slab's slices are read).
+        index: the slice, along spatial ``axis`` (0, 1 or 2).
+        axis: the slice axis.
+        context: neighbours on each side (slices beyond the volume repeat its first or last slice).
+
+    Returns:
+        ``(C * (2 * context + 1), a, b)`` float array, channel-major: channel ``c`` at offset ``o``
+        (``-context..context``) is entry ``c * (2 * context + 1) + o + context``; ``(a, b)`` are
+        the remaining spatial axes in order.
+    """
+    n = data.shape[axis + 1]
+    picks = np.clip(np.arange(index - context, index + context + 1), 0, n - 1)
+    slab = np.moveaxis(np.take(data, picks, axis=axis + 1), axis + 1, 1)  # (C, 2k+1, a, b)
+    return slab.reshape(-1, *slab.shape[2:])
 
 
 def forced_by_fraction(index: int, fraction: float) -> bool:

@@ -10,7 +10,10 @@ says why each automatic value was chosen. The rules:
   spacing is more than 3x the finest, nnU-Net's threshold) or are 8-bit slice data (every channel
   integer-valued in [0, 255], e.g. TIFF/PNG slices); ``"3d"`` otherwise.
 - **Slice axis** (2-D): the single coarsest axis (median spacing at least 1.25x the next), else the
-  axial axis (the axis along S/I in the plan orientation).
+  axial axis (the axis along S/I in the plan orientation). ``slice_context`` (default 0) gives a
+  2-D network the ``k`` neighbouring slices on each side as extra channels (2.5-D): channel ``c`` at
+  offset ``o`` in ``-k..k`` is input channel ``c * (2k + 1) + o + k``; slices beyond the volume repeat
+  its first or last slice.
 - **Target spacing**: the median spacing; for anisotropic data (coarsest > 3x the others' max
   *and* its median voxel count < 1/3 of the others' min: nnU-Net's rule) the coarse axis uses the
   10th percentile of its spacings, but no finer than the other axes. 2-D plans keep each case's
@@ -60,6 +63,8 @@ from brainseg_cli.errors import ConfigError, InputError
 logger = logging.getLogger(__name__)
 
 PLAN_VERSION = 1
+#: Largest 2.5-D slice context (neighbours on each side of the slice).
+MAX_SLICE_CONTEXT = 3
 #: Default GPU memory budget (GB): nnU-Net's reference.
 DEFAULT_MEMORY_GB = 8.0
 #: Bytes of GPU memory per activation element under mixed precision (calibrated, module docstring).
@@ -107,6 +112,8 @@ class PlanOverrides:
     """Target spacing in mm, three values in the plan orientation's axes."""
     slice_axis: int | None = None
     """2-D slice axis (0, 1 or 2, in the plan orientation's axes)."""
+    slice_context: int | None = None
+    """2-D: neighbouring slices on each side given to the network as extra channels (2.5-D; default 0)."""
     orientation: str | None = None
     """Axis codes every case is reoriented to (e.g. ``"RAS"``)."""
     memory_gb: float | None = None
@@ -364,6 +371,15 @@ def make_plan(
                 decisions["slice_axis"] = f"axial (the S/I axis of orientation {orientation}); no axis is coarsest"
     elif ov.slice_axis is not None:
         raise ConfigError("a slice axis is only meaningful for a 2d plan (config is 3d)")
+    slice_context = 0
+    if ov.slice_context is not None:
+        if isinstance(ov.slice_context, bool) or not isinstance(ov.slice_context, int) or \
+                not 0 <= ov.slice_context <= MAX_SLICE_CONTEXT:
+            raise ConfigError(f"slice context must be an integer in 0..{MAX_SLICE_CONTEXT}, got {ov.slice_context!r}")
+        if config != "2d" and ov.slice_context:
+            raise ConfigError("a slice context is only meaningful for a 2d plan (config is 3d)")
+        slice_context = int(ov.slice_context)
+        decisions["slice_context"] = "given"
 
     # --- target spacing
     if ov.target_spacing is not None:
@@ -404,7 +420,8 @@ def make_plan(
     else:
         regions = {k: list(v) for k, v in info.regions.items()}
     num_outputs = len(regions) if region_based else len(labels)
-    in_channels = len(info.channels)
+    # 2.5-D: every channel at the slice and its `slice_context` neighbours on each side (channel-major).
+    in_channels = len(info.channels) * (2 * slice_context + 1)
 
     # --- normalisation
     if ov.normalization is not None:
@@ -599,6 +616,7 @@ def make_plan(
         "orientation": orientation,
         "target_spacing": _round(target, 5),
         "slice_axis": slice_axis,
+        "slice_context": slice_context,
         "patch_size": [int(p) for p in patch],
         "batch_size": int(batch),
         "normalization": normalization,

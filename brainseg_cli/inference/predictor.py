@@ -130,6 +130,10 @@ def load_member(path: str | os.PathLike[str], *, device: torch.device) -> Ensemb
         raise CheckpointError(f"checkpoint {path}: plan config is {plan['config']!r}, not '2d' or '3d'")
     if plan["config"] == "2d" and plan.get("slice_axis") not in (0, 1, 2):
         raise CheckpointError(f"checkpoint {path}: a 2-D plan needs slice_axis 0, 1 or 2, got {plan.get('slice_axis')!r}")
+    context = plan.get("slice_context", 0)
+    if isinstance(context, bool) or not isinstance(context, int) or context < 0 or (context and plan["config"] != "2d"):
+        raise CheckpointError(f"checkpoint {path}: slice_context must be a non-negative integer (2-D plans only), "
+                              f"got {context!r}")
     if len(plan["patch_size"]) != (2 if plan["config"] == "2d" else 3):
         raise CheckpointError(f"checkpoint {path}: patch size {plan['patch_size']} does not fit a {plan['config']} plan")
     if list(ckpt["channels"]) != list(plan["channels"]):
@@ -364,6 +368,7 @@ class Predictor:
             batch_size=self.batch_size, tta=self.tta, precision=self.precision, device=self.device,
             activation="sigmoid" if self.region_based else "softmax",
             slice_axis=int(plan["slice_axis"]) if two_d else None,
+            slice_context=int(plan.get("slice_context", 0)) if two_d else 0,
         )
         return probs.numpy()
 

@@ -198,6 +198,14 @@ def _window_slices(starts: list[list[int]], patch_size: Sequence[int]) -> list[t
     return [tuple(slice(s, s + p) for s, p in zip(corner, patch_size)) for corner in itertools.product(*starts)]
 
 
+def _context_window(x: torch.Tensor, index: tuple, context: int) -> torch.Tensor:
+    """The 2.5-D input of one window: ``x`` is ``(C, S, a, b)``, ``index`` ``(:, slice, sa, sb)``."""
+    k = index[1]
+    picks = torch.arange(k - context, k + context + 1, device=x.device).clamp_(0, x.shape[1] - 1)
+    window = x[:, picks][(slice(None), slice(None), *index[2:])]  # (C, 2k+1, pa, pb)
+    return window.reshape(-1, *window.shape[2:])
+
+
 def sliding_window_predict(
     network: nn.Module,
     image: torch.Tensor | np.ndarray,
@@ -211,6 +219,7 @@ def sliding_window_predict(
     device: torch.device | str | None = None,
     activation: str = "softmax",
     slice_axis: int | None = None,
+    slice_context: int = 0,
 ) -> torch.Tensor:
     """Predict a whole image with overlapping, Gaussian-weighted windows.
 
@@ -235,6 +244,10 @@ def sliding_window_predict(
         slice_axis: for a 2-D network on a ``(C, X, Y, Z)`` volume: the spatial axis (0, 1 or 2)
             along which the volume is cut into slices. Every slice is predicted on its own with a
             2-D ``patch_size``; windows of all slices are batched together.
+        slice_context: with ``slice_axis``: the network also sees this many neighbouring slices on
+            each side as channels (2.5-D, channel-major as
+            :func:`brainseg_cli.data.datasets.context_slab`; slices beyond the volume repeat its
+            first or last slice). The network then takes ``C * (2 * slice_context + 1)`` channels.
 
     Returns:
         ``(K, *spatial)`` float32 probabilities on the CPU, same spatial shape as ``image``.
@@ -254,6 +267,8 @@ def sliding_window_predict(
         )
     if slice_axis is not None and not 0 <= slice_axis < image.ndim - 1:
         raise ConfigError(f"slice axis must be in 0..{image.ndim - 2}, got {slice_axis}")
+    if slice_context < 0 or (slice_context and slice_axis is None):
+        raise ConfigError(f"slice context must be >= 0 and needs a slice axis, got {slice_context}")
     if any(p < 1 for p in patch):
         raise ConfigError(f"patch size must be positive, got {patch}")
     if batch_size < 1:
@@ -297,7 +312,10 @@ def sliding_window_predict(
         with torch.no_grad(), autocast_context(precision, dev):
             for first in range(0, len(jobs), batch_size):
                 chunk = jobs[first:first + batch_size]
-                batch = torch.stack([x[index] for index in chunk])
+                if slice_context:
+                    batch = torch.stack([_context_window(x, index, slice_context) for index in chunk])
+                else:
+                    batch = torch.stack([x[index] for index in chunk])
                 probs = predict_batch(network, batch, activation=activation, tta=tta)
                 if first == 0:
                     out = torch.zeros((probs.shape[1], *x.shape[1:]), dtype=torch.float32, device=dev)

@@ -4,12 +4,12 @@
 target dataset (nnU-Net v2 raw layout) whose channels and labels may differ, and:
 
 1. **plans** the target (:func:`plan_for_target`): the *architecture* (model name and its whole
-   config: depth, widths, kernels, strides, deep supervision), the 2-D/3-D *configuration* and the
-   *normalisation scheme* are inherited from the checkpoint; the orientation, target spacing,
-   slice axis, patch and batch size are re-planned from the target's fingerprint by the normal
-   planner (:func:`brainseg_cli.data.plan.make_plan`) with that architecture fixed, so patches stay
-   multiples of the network's size divisor. ``plan["decisions"]`` says "inherited" or
-   "re-planned" for each, and ``plan["transfer"]`` lists both sets. Region-based (sigmoid)
+   config: depth, widths, kernels, strides, deep supervision), the 2-D/3-D *configuration*, a 2-D
+   network's *slice context* and the *normalisation scheme* are inherited from the checkpoint; the
+   orientation, target spacing, slice axis, patch and batch size are re-planned from the target's
+   fingerprint by the normal planner (:func:`brainseg_cli.data.plan.make_plan`) with that
+   architecture fixed, so patches stay multiples of the network's size divisor.
+   ``plan["decisions"]`` says "inherited" or "re-planned" for each, and ``plan["transfer"]`` lists both sets. Region-based (sigmoid)
    outputs are inherited when the checkpoint has them and the target dataset defines regions.
    Options that would change the architecture (``config``, ``model``, ``model_config``,
    ``deep_supervision``, ``normalization``) are refused (:data:`ARCHITECTURE_OPTIONS`);
@@ -263,6 +263,11 @@ def plan_for_target(
             f"'{refused[0]}' cannot be set (it comes from the checkpoint)"
         )
     source_plan = dict(checkpoint.get("plan") or {})
+    context = int(source_plan.get("slice_context", 0))
+    if overrides.get("slice_context", context) != context:
+        raise ConfigError(f"fine-tuning keeps the checkpoint's 2.5-D slice context ({context}): slice_context "
+                          f"{overrides['slice_context']!r} cannot be set")
+    overrides["slice_context"] = context
     name = checkpoint["model"]["name"]
     dims = _spatial_dims(checkpoint)
     config = "2d" if dims == 2 else "3d"
@@ -292,6 +297,10 @@ def plan_for_target(
         if key in decisions and not str(decisions[key]).startswith("given"):
             decisions[key] = f"re-planned for {info.name}: {decisions[key]}"
     decisions["config"] = f"inherited from the {source_desc} ({config})"
+    if context:
+        decisions["slice_context"] = f"inherited from the {source_desc} ({context})"
+    else:
+        decisions.pop("slice_context", None)
     decisions["model"] = f"inherited from the {source_desc}: {name} with its configuration"
     schemes = sorted({e["scheme"] for e in plan["normalization"]})
     decisions["normalization"] = f"inherited from the {source_desc}: {', '.join(schemes)}"
@@ -300,6 +309,8 @@ def plan_for_target(
     replanned = ["orientation", "target_spacing", "patch_size", "batch_size"] + (["slice_axis"] if dims == 2 else [])
     inherited: dict[str, Any] = {"config": config, "model": {"name": name, "config": kwargs},
                                  "normalization": schemes}
+    if context:
+        inherited["slice_context"] = context
     if inherited_regions:
         inherited["region_based"] = True
     plan["transfer"] = {
@@ -308,7 +319,7 @@ def plan_for_target(
         "source_fingerprint": (checkpoint.get("training") or {}).get("dataset_fingerprint"),
         "inherited": inherited,
         "replanned": replanned,
-        "given": sorted(k for k in overrides if not (k == "regions" and inherited_regions)),
+        "given": sorted(k for k in overrides if not (k == "regions" and inherited_regions) and k != "slice_context"),
     }
     return plan
 
@@ -551,7 +562,8 @@ def _finetune_process(
         report = transfer_weights(model, ckpt["state_dict"], source_channels=list(ckpt["channels"]),
                                   target_channels=list(plan["channels"]),
                                   channel_map=dict(finetune_config.channel_map) or None,
-                                  source_labels=source_outputs(ckpt), target_labels=target_outputs)
+                                  source_labels=source_outputs(ckpt), target_labels=target_outputs,
+                                  slice_context=int(plan.get("slice_context", 0)))
         freeze_report = apply_freeze(model, spec)
         settings = resolved_optimizer_settings(name=train_config.optimizer, lr=train_config.lr,
                                                schedule=train_config.schedule, weight_decay=train_config.weight_decay)

@@ -31,7 +31,9 @@ rest of the network was trained on) grows with the number of channels. Scaling b
 which matters where no normalisation follows the first layer (UNETR's patch embedding feeds the
 residual stream, RatLesNet's stem feeds a residual path) and for BatchNorm running statistics.
 With as many target as source channels (e.g. a reordering) ``s = 1`` and matched filters are
-copied unchanged. Biases are kept.
+copied unchanged. Biases are kept. A 2.5-D network (``slice_context`` ``k > 0``) takes each channel
+at ``2k + 1`` neighbouring slices (channel-major): the rule applies to each channel's block of
+``2k + 1`` filter columns (the mean is taken per slice offset), with ``s`` counting channels.
 
 Output-head adaptation (:func:`adapt_output_head`): for the main head and every deep-supervision
 head, the rows (weight and bias) of label names present in both label maps are copied from the
@@ -311,29 +313,32 @@ def adapt_input_channels(
     source_channels: Sequence[str],
     target_channels: Sequence[str],
     channel_map: Mapping[str, str] | None = None,
+    slice_context: int = 0,
 ) -> tuple[dict[str, torch.Tensor], ChannelReport]:
     """Adapt the input layers of a checkpoint's state dict to another set of input channels.
 
     Args:
         state_dict: the pretrained weights (not modified).
-        model: the target model (its ``in_channels`` is ``len(target_channels)``).
+        model: the target model (its ``in_channels`` is ``len(target_channels) * (2 * slice_context + 1)``).
         source_channels: the checkpoint's channel names, in its input order.
         target_channels: the new data's channel names, in input order.
         channel_map: ``{"TARGET": "SOURCE"}`` pairs overriding name matching (case-insensitive).
+        slice_context: the 2.5-D slice context of both networks (each channel is ``2k + 1`` inputs).
 
     Returns:
         ``(new_state_dict, report)``: a shallow copy with every input layer's weight replaced by
-        ``(out, n_target, *kernel)`` filters built by the rule in the module docstring.
+        ``(out, n_target * (2k + 1), *kernel)`` filters built by the rule in the module docstring.
 
     Raises:
         ConfigError: duplicate channel names, a ``channel_map`` name that is not a target / source
-            channel, or ``len(target_channels) != model.in_channels``.
+            channel, or ``len(target_channels) * (2k + 1) != model.in_channels``.
         CheckpointError: an input layer is missing from the checkpoint or its shape does not fit.
     """
-    if len(target_channels) != model.in_channels:
+    group = 2 * int(slice_context) + 1
+    if len(target_channels) * group != model.in_channels:
         raise ConfigError(
-            f"target channels {list(target_channels)} are {len(target_channels)} but model '{model.name}' "
-            f"has {model.in_channels} input channels"
+            f"target channels {list(target_channels)} are {len(target_channels)}"
+            f"{f' x {group} slices' if group > 1 else ''} but model '{model.name}' has {model.in_channels} input channels"
         )
     source_index = _index_by_name(source_channels, "source channel")
     target_index = _index_by_name(target_channels, "target channel")
@@ -364,14 +369,16 @@ def adapt_input_channels(
             raise CheckpointError(f"checkpoint lacks the input layer '{key}' of model '{model.name}'")
         weight = state_dict[key]
         expected = tuple(current[key].shape)
-        if weight.dim() != len(expected) or weight.shape[1] != n_src or tuple(weight.shape[2:]) != expected[2:] or weight.shape[0] != expected[0]:
+        if weight.dim() != len(expected) or weight.shape[1] != n_src * group or tuple(weight.shape[2:]) != expected[2:] or weight.shape[0] != expected[0]:
             raise CheckpointError(
                 f"checkpoint input layer '{key}' has shape {tuple(weight.shape)}; expected "
-                f"({expected[0]}, {n_src} source channels, {', '.join(str(v) for v in expected[2:])})"
+                f"({expected[0]}, {n_src} source channels{f' x {group} slices' if group > 1 else ''}, "
+                f"{', '.join(str(v) for v in expected[2:])})"
             )
-        mean = weight.mean(dim=1)
-        columns = [weight[:, s] if s is not None else mean for s in sources]
-        out[key] = (torch.stack(columns, dim=1) * scale).to(weight.dtype)
+        blocks = weight.reshape(weight.shape[0], n_src, group, *weight.shape[2:])  # (out, channel, offset, *kernel)
+        mean = blocks.mean(dim=1)
+        columns = [blocks[:, s] if s is not None else mean for s in sources]
+        out[key] = (torch.stack(columns, dim=1) * scale).reshape(expected).to(weight.dtype)
         keys.append(key)
     mapping = {str(t): (str(source_channels[s]) if s is not None else None) for t, s in zip(target_channels, sources, strict=True)}
     logger.info("input channels %s -> %s (scale %.3g)", list(source_channels), mapping, scale)
@@ -466,6 +473,7 @@ def transfer_weights(
     channel_map: Mapping[str, str] | None = None,
     source_labels: Mapping[str, int] | None = None,
     target_labels: Mapping[str, int] | None = None,
+    slice_context: int = 0,
 ) -> TransferReport:
     """Load pretrained weights into ``model`` by name, adapting input channels and heads on request.
 
@@ -479,6 +487,7 @@ def transfer_weights(
         checkpoint_state_dict: the pretrained state dict (not modified).
         source_channels, target_channels, channel_map: see :func:`adapt_input_channels`.
         source_labels, target_labels: see :func:`adapt_output_head`.
+        slice_context: the 2.5-D slice context of both networks (see :func:`adapt_input_channels`).
 
     Returns:
         A :class:`TransferReport`.
@@ -498,7 +507,8 @@ def transfer_weights(
     channel_report = head_report = None
     if source_channels is not None and target_channels is not None:
         state, channel_report = adapt_input_channels(
-            state, model, source_channels=source_channels, target_channels=target_channels, channel_map=channel_map
+            state, model, source_channels=source_channels, target_channels=target_channels, channel_map=channel_map,
+            slice_context=slice_context,
         )
     if source_labels is not None and target_labels is not None:
         state, head_report = adapt_output_head(state, model, source_labels=source_labels, target_labels=target_labels)

@@ -117,6 +117,7 @@ def predict_preprocessed(
     slice_axis: int | None = None,
     overlap: float = VAL_OVERLAP,
     batch_size: int = 1,
+    slice_context: int = 0,
 ) -> torch.Tensor:
     """Sliding-window probabilities of one preprocessed case (``predict``'s sliding window).
 
@@ -130,6 +131,7 @@ def predict_preprocessed(
         slice_axis: for a 2-D network on a 3-D volume, the spatial axis (0, 1 or 2) sliced along.
         overlap: window overlap.
         batch_size: windows per network call.
+        slice_context: the plan's 2.5-D slice context (neighbours on each side given as channels).
 
     Returns:
         ``(K, *spatial)`` float32 probabilities on the CPU.
@@ -140,7 +142,8 @@ def predict_preprocessed(
         raise ConfigError("a 2-D network on a 3-D volume needs the plan's slice_axis")
     return sliding_window_predict(network, image, patch_size=patch_size, overlap=overlap, precision=precision,
                                   device=device, activation=activation, batch_size=batch_size,
-                                  slice_axis=int(slice_axis) if sliced else None)
+                                  slice_axis=int(slice_axis) if sliced else None,
+                                  slice_context=int(slice_context) if sliced else 0)
 
 
 def probabilities_to_logits(probs: torch.Tensor, *, activation: str) -> torch.Tensor:
@@ -217,7 +220,8 @@ def validate(
     for i, (case, image, label) in enumerate(case_list):
         probs = predict_preprocessed(network, image, patch_size=plan["patch_size"], activation=activation,
                                      precision=precision, device=device, slice_axis=plan.get("slice_axis"),
-                                     batch_size=int(plan.get("batch_size", 1)))
+                                     batch_size=int(plan.get("batch_size", 1)),
+                                     slice_context=int(plan.get("slice_context", 0)))
         pred = probabilities_to_labels(probs, regions=region_lists)
         per_case[case] = case_dice(pred, label, entities)
         if loss_fn is not None and target_fn is not None:

@@ -121,6 +121,35 @@ def test_two_d_slice_weighting(phantom, tmp_path):
     assert stored == json.loads(json.dumps(dataclasses.asdict(AUGMENT_PRESETS["brats"])))
 
 
+def test_2_5d_pretrain_predict_and_finetune(phantom, tmp_path):
+    """--slice-context 1: the network takes 3 slices per channel; predict and finetune follow the checkpoint."""
+    run = tmp_path / "run"
+    two_d = ["--config", "2d", "--epochs", "1", "--iterations", "2", "--patch-size", "32,32", "--batch-size", "2",
+             "--workers", "0", "--device", "cpu", "--val-cases", "1"]
+    res = runner.invoke(app, [*ONE_THREAD, "pretrain", str(phantom), "-o", str(run), "--slice-context", "1", *two_d])
+    assert res.exit_code == 0, res.output
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["slice_context"] == 1 and plan["model"]["in_channels"] == 3 * len(plan["channels"])
+    net = build_model_from_checkpoint(load_checkpoint(run / "best.pt"))
+    assert net.in_channels == 12
+    out = tmp_path / "pred"
+    res = runner.invoke(app, [*ONE_THREAD, "predict", "-m", str(run / "best.pt"), "--input", str(phantom / "imagesTr"),
+                              "--output", str(out), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert len(list(out.glob("*.nii.gz"))) == 4
+    target = write_phantom_dataset(tmp_path / "two", n_cases=3, seed=5, shape=(32, 32, 24), channels=("FLAIR", "T1c"))
+    ft = tmp_path / "ft"
+    res = runner.invoke(app, [*ONE_THREAD, "finetune", str(target), "--from", str(run / "best.pt"), "-o", str(ft),
+                              "--freeze", "first1", *two_d[2:]])
+    assert res.exit_code == 0, res.output
+    ft_plan = json.loads((ft / "plan.json").read_text())
+    assert ft_plan["slice_context"] == 1 and ft_plan["model"]["in_channels"] == 6
+    assert ft_plan["transfer"]["inherited"]["slice_context"] == 1
+    first = next(k for k in net.state_dict() if k.endswith(".weight") and net.state_dict()[k].dim() == 4)
+    source, tuned = net.state_dict()[first], build_model_from_checkpoint(load_checkpoint(ft / "last.pt")).state_dict()[first]
+    torch.testing.assert_close(tuned, 2.0 * torch.cat([source[:, 9:12], source[:, 3:6]], dim=1))  # frozen, mapped
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -132,6 +161,8 @@ def test_two_d_slice_weighting(phantom, tmp_path):
         (["--spacing", "1,1"], "--spacing '1,1': expected three positive numbers"),
         (["--optimizer", "adamw"], "Invalid value for '--optimizer'"),
         (["--model", "unett"], "unknown model 'unett' (did you mean 'unet'?)"),
+        (["--slice-context", "4", "--config", "2d"], "Invalid value for '--slice-context'"),
+        (["--slice-context", "1", "--config", "3d"], "a slice context is only meaningful for a 2d plan (config is 3d)"),
     ],
 )
 def test_usage_errors(phantom, tmp_path, args, message):

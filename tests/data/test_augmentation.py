@@ -174,3 +174,23 @@ def test_brats_preset_keeps_a_real_tumour_aligned(shared_data):
         img, lab = mirror(img, lab, (0, 1), brats.p_mirror, rng)
         assert img.shape == (4, *patch) and np.isfinite(img).all()
         assert set(np.unique(lab)) <= set(np.unique(seg2d)) and np.count_nonzero(lab) > 0
+
+
+def test_grouped_channels_get_one_draw_and_shared_statistics():
+    """2.5-D samples: the 3 slices of one modality are brightened, contrasted and gamma-corrected alike."""
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0.5, 3.0, size=(6, 12, 12)).astype(np.float32)
+    bright = augment_intensity(img.copy(), NONE.with_changes(p_brightness=1.0), np.random.default_rng(2), group=3)
+    factors = (bright / img).reshape(6, -1)
+    np.testing.assert_allclose(factors, factors[:, :1].repeat(144, axis=1), rtol=1e-5)
+    assert np.allclose(factors[0, 0], factors[:3, 0]) and not np.isclose(factors[0, 0], factors[3, 0])
+    contrast = augment_intensity(img.copy(), NONE.with_changes(p_contrast=1.0), np.random.default_rng(2), group=3)
+    for block in (slice(0, 3), slice(3, 6)):  # one factor around the block's mean (not per slice), then clipping
+        m, lo, hi = img[block].mean(), img[block].min(), img[block].max()
+        inside = (contrast[block] > lo + 1e-4) & (contrast[block] < hi - 1e-4) & (np.abs(img[block] - m) > 0.05)
+        ratios = (contrast[block] - m)[inside] / (img[block] - m)[inside]
+        assert inside.sum() > 100 and np.allclose(ratios, ratios[0], rtol=1e-3)
+    one = augment_intensity(img.copy(), NONE.with_changes(p_brightness=1.0), np.random.default_rng(2))
+    assert not np.allclose((one / img)[0], (one / img)[1])  # group=1: every channel draws its own factor
+    with pytest.raises(ValueError, match="6 channels do not form groups of 4"):
+        augment_intensity(img.copy(), NONE, np.random.default_rng(2), group=4)

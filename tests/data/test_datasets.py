@@ -8,7 +8,7 @@ import torch
 
 from brainseg_cli.data.augmentation import AugmentConfig
 from brainseg_cli.data.cache import build_cache
-from brainseg_cli.data.datasets import CachedCases, PatchDataset, forced_by_fraction
+from brainseg_cli.data.datasets import CachedCases, PatchDataset, context_slab, forced_by_fraction
 from brainseg_cli.data.fingerprint import compute_fingerprint
 from brainseg_cli.data.layout import load_dataset
 from brainseg_cli.data.phantom import write_phantom_dataset
@@ -136,3 +136,36 @@ def test_left_right_mirroring_axis(built):
     assert CachedCases(caches["3d"], plans["3d"]).mirror_axes == (0, 1, 2)
     with pytest.raises(InputError, match="mirror axes"):
         CachedCases(caches["2d"], plan, augment=AugmentConfig(mirror_axes=(2,)))
+
+
+def test_context_slab_is_channel_major_with_repeated_edges():
+    data = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+    slab = context_slab(data, 0, axis=2, context=1)
+    assert slab.shape == (6, 3, 4)
+    for c in range(2):
+        for o, k in enumerate([0, 0, 1]):  # offsets -1, 0, +1 of slice 0: the first slice repeats
+            np.testing.assert_array_equal(slab[3 * c + o], data[c, :, :, k])
+    last = context_slab(data, 3, axis=1, context=2)  # axis 1 has 4 slices: 1, 2, 3, 3, 3
+    assert last.shape == (10, 3, 5)
+    np.testing.assert_array_equal(last[5:], data[1][:, [1, 2, 3, 3, 3]].transpose(1, 0, 2))
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_2_5d_samples_hold_the_neighbouring_slices(built, augment):
+    info, plans, caches = built
+    plan = plans["2d"]
+    wide = make_plan(fingerprint=compute_fingerprint(info), info=info, device="cpu",
+                     overrides=PlanOverrides(config="2d", patch_size=(32, 32), batch_size=4, slice_context=1))
+    assert wide["slice_context"] == 1 and wide["model"]["in_channels"] == 3 * len(info.channels)
+    case = caches["2d"].cases[0]
+    plain = CachedCases(caches["2d"], plan, augment=AugmentConfig(p_noise=0.0))
+    context = CachedCases(caches["2d"], wide, augment=AugmentConfig(p_noise=0.0))
+    for seed in range(4):
+        img, lab = plain.sample(case, rng=np.random.default_rng(seed), force_foreground=seed % 2 == 0, augment=augment)
+        img3, lab3 = context.sample(case, rng=np.random.default_rng(seed), force_foreground=seed % 2 == 0,
+                                    augment=augment)
+        assert img3.shape == (3 * img.shape[0], *img.shape[1:]) and img3.dtype == np.float32
+        np.testing.assert_array_equal(lab3, lab)
+        if not augment:  # the same draws cut the same slice: the middle of each block is the 2-D sample
+            np.testing.assert_array_equal(img3[1::3], img)
+            assert not np.array_equal(img3[0::3], img3[1::3]) or not np.array_equal(img3[2::3], img3[1::3])

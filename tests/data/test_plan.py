@@ -231,3 +231,18 @@ def test_source_labels_invert_the_convert_mapping():
     # BraTS 2015 merges necrosis (1) and non-enhancing (3) into 2: the smaller source value is written back
     assert source_labels({"label_mapping": {"1": 2, "2": 1, "3": 2, "4": 3}}) == {"1": 2, "2": 1, "3": 4}
     assert source_labels({}) == {}
+
+
+def test_slice_context_multiplies_the_input_channels_of_2d_plans():
+    fp = fingerprint()
+    flat = make_plan(fingerprint=fp, info=info(), device="cpu", overrides=PlanOverrides(config="2d"))
+    assert flat["slice_context"] == 0 and flat["model"]["in_channels"] == 4
+    wide = make_plan(fingerprint=fp, info=info(), device="cpu", overrides=PlanOverrides(config="2d", slice_context=2))
+    assert wide["slice_context"] == 2 and wide["model"]["in_channels"] == 4 * 5
+    assert wide["decisions"]["slice_context"] == "given"
+    assert make_plan(fingerprint=fp, info=info(), device="cpu")["slice_context"] == 0  # 3-D
+    with pytest.raises(ConfigError, match="a slice context is only meaningful for a 2d plan"):
+        make_plan(fingerprint=fp, info=info(), device="cpu", overrides=PlanOverrides(config="3d", slice_context=1))
+    for bad in (-1, 4, True, 1.5):
+        with pytest.raises(ConfigError, match=r"slice context must be an integer in 0\.\.3, got"):
+            make_plan(fingerprint=fp, info=info(), device="cpu", overrides=PlanOverrides(config="2d", slice_context=bad))

@@ -154,3 +154,22 @@ def test_a_gpu_plan_trains_within_its_memory_budget(memory_gb):
     assert used_gb <= memory_gb, (patch, batch, used_gb)
     del model, opt, x, y, out, loss
     torch.cuda.empty_cache()
+
+
+def test_2_5d_training_with_auto_precision_and_cuda_cpu_agreement(tumour, tmp_path):
+    run = tmp_path / "run"
+    res = invoke(["pretrain", str(tumour), "-o", str(run), "--config", "2d", "--slice-context", "1",
+                  "--patch-size", "48,48", "--batch-size", "4", *TRAIN[:4], *TRAIN[8:]])
+    assert res.exit_code == 0, res.output
+    ckpt = load_checkpoint(run / "best.pt")
+    assert ckpt["training"]["precision"] == "fp16" and ckpt["plan"]["slice_context"] == 1
+    assert all(math.isfinite(v) for v in _losses(run))
+    out = {}
+    for device in ("cuda", "cpu"):
+        out[device] = tmp_path / device
+        res = invoke(["predict", "-m", str(run / "best.pt"), "--input", str(tumour / "imagesTr"), "--output",
+                      str(out[device]), "--device", device, "--tta"])
+        assert res.exit_code == 0, res.output
+    for path in sorted(out["cpu"].glob("*.nii.gz")):
+        agree = float(np.mean(read_image(path).array == read_image(out["cuda"] / path.name).array))
+        assert agree > 0.999, (path.name, agree)

@@ -91,6 +91,28 @@ def test_2d_model_runs_along_plan_slice_axis(tmp_path):
     np.testing.assert_allclose(probs, expected.numpy(), atol=1e-5)
 
 
+def test_2_5d_model_sees_neighbouring_slices(tmp_path):
+    from brainseg_cli.data.preprocessing import preprocess_case
+    from brainseg_cli.inference.sliding_window import sliding_window_predict
+
+    plan = make_plan(config="2d", patch_size=(8, 8), slice_axis=2, crop_to_brain=False)
+    plan["slice_context"] = 1
+    plan["model"]["in_channels"] = 2 * 3
+    net = make_network(plan, seed=4)
+    ckpt = save_model_checkpoint(tmp_path / "m25.pt", plan, net)
+    image, _ = cube_volume(5, shape=(12, 10, 6), background=False)
+    img = Image(image, (1.0, 1.0, 1.0))
+    _, probs = Predictor.from_checkpoints([ckpt], device="cpu").predict(img)
+    data, _, _ = preprocess_case(img, plan)
+    expected = sliding_window_predict(net, torch.from_numpy(data), patch_size=(8, 8), slice_axis=2, slice_context=1)
+    np.testing.assert_allclose(probs, expected.numpy(), atol=1e-5)
+    for bad in (-1, "1", True):
+        plan["slice_context"] = bad
+        save_model_checkpoint(tmp_path / "bad.pt", plan, net)
+        with pytest.raises(CheckpointError, match=r"bad.pt: slice_context must be a non-negative integer"):
+            Predictor.from_checkpoints([tmp_path / "bad.pt"], device="cpu")
+
+
 def test_ensemble_averages_probabilities(tmp_path):
     a = random_checkpoint(tmp_path / "a.pt", seed=1, crop_to_brain=False)
     b = random_checkpoint(tmp_path / "b.pt", seed=2, crop_to_brain=False, target_spacing=(2.0, 2.0, 2.0),

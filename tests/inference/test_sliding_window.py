@@ -226,3 +226,32 @@ def test_slice_axis_equals_slice_by_slice(slice_axis):
     torch.testing.assert_close(out, torch.movedim(expected, 1, slice_axis + 1), atol=1e-5, rtol=1e-5)
     with pytest.raises(ConfigError, match="slice axis must be in"):
         sliding_window_predict(net, volume, patch_size=(4, 4), slice_axis=3)
+
+
+@pytest.mark.parametrize("slice_axis", [0, 2])
+def test_slice_context_gives_each_slice_its_neighbours(slice_axis):
+    """2.5-D: the window of slice k sees slices k-1, k, k+1 (edges repeated) as channels, channel-major."""
+    n = 5
+    index = torch.arange(n, dtype=torch.float32)
+    shape = [1, 6, 6, 6]
+    shape[slice_axis + 1] = n
+    view = [1, 1, 1, 1]
+    view[slice_axis + 1] = n
+    volume = torch.cat([index.view(view).expand(shape), 10 + index.view(view).expand(shape)])  # 2 channels
+
+    class PickNet(nn.Module):
+        """Region logits = input channels 0 (channel 0 at k-1), 2 (channel 0 at k+1), 4 (channel 1 at k)."""
+
+        def forward(self, x):
+            return x[:, [0, 2, 4]]
+
+    out = sliding_window_predict(PickNet(), volume, patch_size=(4, 4), slice_axis=slice_axis, slice_context=1,
+                                 activation="sigmoid", batch_size=3)
+    assert out.shape == (3, *volume.shape[1:])
+    moved = torch.movedim(out, slice_axis + 1, 1)
+    for k in range(n):
+        expected = torch.sigmoid(torch.tensor([max(k - 1, 0), min(k + 1, n - 1), 10 + k], dtype=torch.float32))
+        torch.testing.assert_close(moved[:, k].reshape(3, -1).mean(1), expected)
+        torch.testing.assert_close(moved[:, k].reshape(3, -1).std(1), torch.zeros(3), atol=1e-6, rtol=0)
+    with pytest.raises(ConfigError, match="slice context must be >= 0 and needs a slice axis"):
+        sliding_window_predict(PickNet(), volume[:, 0], patch_size=(4, 4), slice_context=1)

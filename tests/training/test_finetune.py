@@ -184,6 +184,15 @@ def test_architecture_options_are_refused(data, option):
         plan_for_target(checkpoint=ckpt, fingerprint={}, info=info, plan_overrides={option: "x"})
 
 
+def test_slice_context_is_inherited_and_cannot_be_changed(data):
+    ckpt = load_checkpoint(data["bn2d"])
+    info = load_dataset(data["tissue"])
+    assert plan_for_target(checkpoint=ckpt, fingerprint=compute_fingerprint(info), info=info)["slice_context"] == 0
+    with pytest.raises(ConfigError, match=r"keeps the checkpoint's 2.5-D slice context \(0\): slice_context 1 cannot"):
+        plan_for_target(checkpoint=ckpt, fingerprint=compute_fingerprint(info), info=info,
+                        plan_overrides={"slice_context": 1})
+
+
 def test_region_outputs_are_inherited_when_the_target_has_regions(data, caplog):
     ckpt = load_checkpoint(data["regions"])
     assert source_outputs(ckpt) == {"WT": 0, "TC": 1, "ET": 2}

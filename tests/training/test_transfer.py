@@ -355,3 +355,25 @@ def test_deep_supervision_heads_may_differ() -> None:
     report = transfer_weights(with_ds, snapshot(without))
     assert set(report.initialised) == {"ds_heads.0.weight", "ds_heads.0.bias", "ds_heads.1.weight", "ds_heads.1.bias"}
     assert torch.equal(with_ds.ds_heads[0].weight, fresh["ds_heads.0.weight"])
+
+
+def test_2_5d_input_blocks_follow_their_channel() -> None:
+    """slice_context 1: each channel owns 3 consecutive filter columns; a missing channel gets the block mean."""
+    source = make("unet", 2, 4 * 3, 2, seed=1)
+    state = snapshot(source)
+    target = ["FLAIR", "T1", "DWI"]
+    adapted, report = adapt_input_channels(state, make("unet", 2, 3 * 3, 2), source_channels=FOUR,
+                                           target_channels=target, slice_context=1)
+    key = report.layers[0]
+    w = state[key]
+    s = 4 / 3
+    torch.testing.assert_close(adapted[key][:, 0:3], s * w[:, 9:12])  # FLAIR (source channel 3)
+    torch.testing.assert_close(adapted[key][:, 3:6], s * w[:, 0:3])  # T1 (source channel 0)
+    mean = w.reshape(w.shape[0], 4, 3, *w.shape[2:]).mean(dim=1)
+    torch.testing.assert_close(adapted[key][:, 6:9], s * mean)  # no DWI: the mean per slice offset
+    with pytest.raises(ConfigError, match=r"are 3 x 3 slices but model 'unet' has 3 input channels"):
+        adapt_input_channels(state, make("unet", 2, 3, 2), source_channels=FOUR, target_channels=target,
+                             slice_context=1)
+    with pytest.raises(CheckpointError, match=r"expected \(\d+, 4 source channels x 3 slices"):
+        adapt_input_channels(snapshot(make("unet", 2, 4, 2)), make("unet", 2, 9, 2), source_channels=FOUR,
+                             target_channels=target, slice_context=1)
