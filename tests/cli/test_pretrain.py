@@ -252,20 +252,28 @@ def test_discard_unstarted_run_keeps_a_resumable_run(tmp_path):
     assert not discard_unstarted_run(started) and (started / "last.pt").exists()
 
 
-@pytest.mark.slow
-def test_real_brats_cases(shared_data, tmp_path):
-    """Two real BraTS 2018 cases, converted and trained briefly at 4 mm: the loss falls, outputs are valid."""
+@pytest.fixture(scope="module")
+def real_brats(shared_data, tmp_path_factory) -> Path:
+    """Two real BraTS 2018 cases converted to the dataset layout (the source is linked, not copied)."""
     from brainseg_cli.data.convert import ConvertConfig, convert_dataset
 
+    base = tmp_path_factory.mktemp("real")
     source = shared_data / "brats2018_deepbrainseg"
-    picked = tmp_path / "picked"
+    picked = base / "picked"
     picked.mkdir()
     for case in ("Brats18_2013_11_1", "Brats18_CBICA_ABM_1"):
         (picked / case).mkdir()
         for file in (source / case).iterdir():
             (picked / case / file.name).symlink_to(file)  # links, not copies
-    dataset = tmp_path / "brats"
+    dataset = base / "brats"
     convert_dataset(config=ConvertConfig(source="brats", input=picked, output=dataset))
+    return dataset
+
+
+@pytest.mark.slow
+def test_real_brats_cases(real_brats, tmp_path):
+    """Two real BraTS 2018 cases, converted and trained briefly at 4 mm: the loss falls, outputs are valid."""
+    dataset = real_brats
     run = tmp_path / "run"
     res = runner.invoke(app, [*ONE_THREAD, "pretrain", str(dataset), "-o", str(run), "--spacing", "4,4,4", "--patch-size",
                               "32,32,32", "--batch-size", "2", "--epochs", "3", "--iterations", "6", "--workers", "0",
@@ -289,3 +297,25 @@ def test_real_brats_cases(shared_data, tmp_path):
     with torch.no_grad():
         out = model(torch.zeros(1, 4, 32, 32, 32))
     assert out.shape == (1, 3, 32, 32, 32) and torch.isfinite(out).all()
+
+
+@pytest.mark.slow
+def test_real_brats_2_5d_predicts_on_the_input_grid(real_brats, tmp_path):
+    """A 2.5-D model (--slice-context 1) trained briefly on real BraTS predicts a real case on its own grid."""
+    from brainseg_cli.io.image import read_image
+
+    run = tmp_path / "run"
+    res = runner.invoke(app, [*ONE_THREAD, "pretrain", str(real_brats), "-o", str(run), "--config", "2d", "--slice-context",
+                              "1", "--spacing", "4,4,4", "--patch-size", "48,48", "--batch-size", "4", "--epochs", "2",
+                              "--iterations", "4", "--workers", "0", "--device", "cpu", "--val-cases", "1",
+                              "--regions", "brats"])
+    assert res.exit_code == 0, res.output
+    assert load_checkpoint(run / "best.pt")["plan"]["slice_context"] == 1
+    out = tmp_path / "pred"
+    res = runner.invoke(app, [*ONE_THREAD, "predict", "-m", str(run / "best.pt"), "--input", str(real_brats / "imagesTr"),
+                              "--output", str(out), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    for case in ("Brats18_2013_11_1", "Brats18_CBICA_ABM_1"):
+        pred, ref = read_image(out / f"{case}.nii.gz"), read_image(real_brats / "labelsTr" / f"{case}.nii.gz")
+        assert pred.array.shape == ref.array.shape and np.allclose(pred.affine, ref.affine)
+        assert set(np.unique(pred.array)) <= {0, 1, 2, 3}
