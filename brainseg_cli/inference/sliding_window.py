@@ -202,7 +202,7 @@ def _context_window(x: torch.Tensor, index: tuple, context: int) -> torch.Tensor
     """The 2.5-D input of one window: ``x`` is ``(C, S, a, b)``, ``index`` ``(:, slice, sa, sb)``."""
     k = index[1]
     picks = torch.arange(k - context, k + context + 1, device=x.device).clamp_(0, x.shape[1] - 1)
-    window = x[:, picks][(slice(None), slice(None), *index[2:])]  # (C, 2k+1, pa, pb)
+    window = x[(slice(None), picks, *index[2:])]  # (C, 2k+1, pa, pb): only the window is gathered
     return window.reshape(-1, *window.shape[2:])
 
 

@@ -75,35 +75,36 @@ def test_prediction_does_not_depend_on_storage_orientation(tmp_path, direction):
     np.testing.assert_array_equal(back(labels), base)
 
 
-def test_2d_model_runs_along_plan_slice_axis(tmp_path):
+def _predict_2d(path, plan, *, seed, shape):
+    """Predict a cube volume with a fresh 2-D network; returns (network, probabilities, preprocessed data)."""
     from brainseg_cli.data.preprocessing import preprocess_case
-    from brainseg_cli.inference.sliding_window import sliding_window_predict
 
-    plan = make_plan(config="2d", patch_size=(8, 8), slice_axis=0, crop_to_brain=False)
-    net = make_network(plan, seed=2)
-    ckpt = save_model_checkpoint(tmp_path / "m.pt", plan, net)
-    image, _ = cube_volume(3, shape=(5, 12, 10), background=False)
+    net = make_network(plan, seed=seed)
+    ckpt = save_model_checkpoint(path, plan, net)
+    image, _ = cube_volume(seed + 1, shape=shape, background=False)
     img = Image(image, (1.0, 1.0, 1.0))
     _, probs = Predictor.from_checkpoints([ckpt], device="cpu").predict(img)
     data, _, _ = preprocess_case(img, plan)
+    return net, probs, data
+
+
+def test_2d_model_runs_along_plan_slice_axis(tmp_path):
+    from brainseg_cli.inference.sliding_window import sliding_window_predict
+
+    plan = make_plan(config="2d", patch_size=(8, 8), slice_axis=0, crop_to_brain=False)
+    net, probs, data = _predict_2d(tmp_path / "m.pt", plan, seed=2, shape=(5, 12, 10))
     expected = torch.stack([sliding_window_predict(net, torch.from_numpy(data[:, k]), patch_size=(8, 8))
                             for k in range(5)], dim=1)
     np.testing.assert_allclose(probs, expected.numpy(), atol=1e-5)
 
 
 def test_2_5d_model_sees_neighbouring_slices(tmp_path):
-    from brainseg_cli.data.preprocessing import preprocess_case
     from brainseg_cli.inference.sliding_window import sliding_window_predict
 
     plan = make_plan(config="2d", patch_size=(8, 8), slice_axis=2, crop_to_brain=False)
     plan["slice_context"] = 1
     plan["model"]["in_channels"] = 2 * 3
-    net = make_network(plan, seed=4)
-    ckpt = save_model_checkpoint(tmp_path / "m25.pt", plan, net)
-    image, _ = cube_volume(5, shape=(12, 10, 6), background=False)
-    img = Image(image, (1.0, 1.0, 1.0))
-    _, probs = Predictor.from_checkpoints([ckpt], device="cpu").predict(img)
-    data, _, _ = preprocess_case(img, plan)
+    net, probs, data = _predict_2d(tmp_path / "m25.pt", plan, seed=4, shape=(12, 10, 6))
     expected = sliding_window_predict(net, torch.from_numpy(data), patch_size=(8, 8), slice_axis=2, slice_context=1)
     np.testing.assert_allclose(probs, expected.numpy(), atol=1e-5)
     for bad in (-1, "1", True):
