@@ -12,9 +12,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import fcntl
 import select
 import signal
-import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,9 +138,9 @@ class _Pipe:
         self.next_id = 0
         self.events: list[dict[str, Any]] = []
 
-    def _receive(self) -> dict[str, Any]:
+    def _receive(self, deadline: float) -> dict[str, Any]:
         while b"\0" not in self.buffer:
-            ready, _, _ = select.select([self.read_fd], [], [], _HANG_GUARD_S)
+            ready, _, _ = select.select([self.read_fd], [], [], max(0.0, deadline - time.monotonic()))
             if not ready:
                 raise RuntimeError("chromium stopped answering on the DevTools pipe")
             chunk = os.read(self.read_fd, 1 << 20)
@@ -155,8 +156,9 @@ class _Pipe:
         if session:
             message["sessionId"] = session
         os.write(self.write_fd, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + _HANG_GUARD_S  # for the reply, however many events come first
         while True:
-            reply = self._receive()
+            reply = self._receive(deadline)
             if reply.get("id") == self.next_id:
                 if "error" in reply:
                     raise RuntimeError(f"{method}: {reply['error']}")
@@ -164,8 +166,45 @@ class _Pipe:
             self.events.append(reply)
 
     def wait_for(self, method: str) -> None:
+        deadline = time.monotonic() + _HANG_GUARD_S
         while not any(e.get("method") == method for e in self.events):
-            self.events.append(self._receive())
+            self.events.append(self._receive(deadline))
+
+
+def _spawn_chromium(args: list[str], commands_fd: int, replies_fd: int) -> int:
+    """Start Chromium in a new session with ``commands_fd`` as its fd 3 and ``replies_fd`` as its fd 4.
+
+    ``posix_spawn`` places the pipe ends without running Python in the child. A forked child of this
+    multi-threaded process (torch's and pytest-xdist's threads) that runs a ``preexec_fn`` can deadlock
+    before ``exec``, and ``subprocess.Popen`` then waits for it for ever: a CI run hung there.
+
+    Returns:
+        The process id (its process group id too).
+    """
+    # Copies above fd 10, so neither end already sits on 3 or 4 (dup2 onto itself would keep close-on-exec).
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (commands_fd, replies_fd)]
+    try:
+        return os.posix_spawn(args[0], args, dict(os.environ), setsid=True, file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+            (os.POSIX_SPAWN_DUP2, 1, 2),
+            (os.POSIX_SPAWN_DUP2, high[0], 3),
+            (os.POSIX_SPAWN_DUP2, high[1], 4),
+        ])
+    finally:
+        for fd in high:
+            os.close(fd)
+
+
+def _reap(pid: int, grace_s: float = 30.0) -> None:
+    """Wait up to ``grace_s`` for ``pid`` to exit, then kill its process group and wait for it."""
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return
+        time.sleep(0.05)
+    os.killpg(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
 
 
 def load_page(chromium: str, html_path: Path, user_data_dir: Path, *, expressions: tuple[str, ...] = (),
@@ -173,18 +212,13 @@ def load_page(chromium: str, html_path: Path, user_data_dir: Path, *, expression
     """Load ``html_path`` in headless Chromium; collect errors, requests, values and a screenshot."""
     to_chrome_r, to_chrome_w = os.pipe()
     from_chrome_r, from_chrome_w = os.pipe()
-
-    def child_fds() -> None:  # Chromium reads commands on fd 3 and writes replies on fd 4
-        a, b = os.dup(to_chrome_r), os.dup(from_chrome_w)
-        os.dup2(a, 3)
-        os.dup2(b, 4)
-
     args = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={user_data_dir}", "--remote-debugging-pipe",
             f"--window-size={width},{height}", "about:blank"]
-    proc = subprocess.Popen(args, preexec_fn=child_fds, close_fds=False, start_new_session=True,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.close(to_chrome_r)
-    os.close(from_chrome_w)
+    try:
+        pid = _spawn_chromium(args, to_chrome_r, from_chrome_w)
+    finally:
+        os.close(to_chrome_r)
+        os.close(from_chrome_w)
     url = html_path.resolve().as_uri()
     report = PageReport(url=url)
     pipe = _Pipe(from_chrome_r, to_chrome_w)
@@ -216,11 +250,7 @@ def load_page(chromium: str, html_path: Path, user_data_dir: Path, *, expression
     finally:
         os.close(to_chrome_w)
         os.close(from_chrome_r)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _reap(pid)
     for event in pipe.events:
         method, params = event.get("method"), event.get("params", {})
         if method == "Runtime.exceptionThrown":
