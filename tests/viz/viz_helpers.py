@@ -10,9 +10,9 @@ it, and a full-page screenshot.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
-import fcntl
 import select
 import signal
 import time
