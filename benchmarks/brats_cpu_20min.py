@@ -333,7 +333,7 @@ def main() -> None:
     if len(set(args.held_out)) != len(args.held_out) or len(args.held_out) > len(CASES) - 2:
         sys.exit(f"error: --held-out needs distinct cases and leaves at least 2 to train, got {args.held_out}")
     args.held_out = tuple(args.held_out)
-    args.train = tuple(c for c in (TRAIN + HELD_OUT) if c not in args.held_out)
+    args.train = tuple(c for c in CASES if c not in args.held_out)
 
     out = args.output or Path(tempfile.mkdtemp(prefix="brats_cpu_"))
     out.mkdir(parents=True, exist_ok=True)
