@@ -72,6 +72,7 @@ def finetune(
     optimizer: opts.OptimizerOption = None,
     schedule: opts.ScheduleOption = None,
     grad_clip: opts.GradClip = None,
+    ema: opts.EmaOption = None,
     loss: opts.LossOption = None,
     aug: opts.Augment = None,
     aug_preset: opts.AugPresetOption = None,
@@ -101,7 +102,7 @@ def finetune(
     cli_options: dict[str, Any] = {
         **opts.train_cli_options(
             epochs=epochs, iterations=iterations, val_every=val_every, max_time=max_time, patience=patience, lr=lr,
-            optimizer=optimizer, schedule=schedule, grad_clip=grad_clip, loss=loss, aug=aug, aug_preset=aug_preset,
+            optimizer=optimizer, schedule=schedule, grad_clip=grad_clip, ema=ema, loss=loss, aug=aug, aug_preset=aug_preset,
             val_cases=val_cases,
             val_split=val_split, fold=fold, folds=folds, precision=precision, compile_model=compile_model,
             resume=resume, deterministic=deterministic, seed=seed, device=device, workers=workers, nproc=nproc),

@@ -94,6 +94,8 @@ OptimizerOption = Annotated[Optional[Optimizer], typer.Option(
 ScheduleOption = Annotated[Optional[Schedule], typer.Option("--schedule", help="Learning-rate schedule.")]
 GradClip = Annotated[Optional[float], typer.Option("--grad-clip", min=0.0,
                                                    help="Gradient-norm clipping, 0 = off \\[default: 12].")]
+EmaOption = Annotated[Optional[float], typer.Option(
+    "--ema", metavar="DECAY", help="Keep a moving average of the weights, e.g. 0.995 \\[default: off].")]
 LossOption = Annotated[Optional[Loss], typer.Option("--loss", help="Training loss \\[default: dice-ce].")]
 Augment = Annotated[Optional[bool], typer.Option("--aug/--no-aug", help="Data augmentation \\[default: on].")]
 AugPresetOption = Annotated[Optional[AugmentPreset], typer.Option(
@@ -180,6 +182,7 @@ def train_cli_options(
     optimizer: Optimizer | None = None,
     schedule: Schedule | None = None,
     grad_clip: float | None = None,
+    ema: float | None = None,
     loss: Loss | None = None,
     aug: bool | None = None,
     aug_preset: AugmentPreset | None = None,
@@ -200,7 +203,7 @@ def train_cli_options(
     return {
         "epochs": epochs, "iterations_per_epoch": iterations, "val_every": val_every, "max_time_min": max_time,
         "patience": patience, "lr": lr, "optimizer": _value(optimizer), "schedule": _value(schedule),
-        "grad_clip": grad_clip, "loss": _value(loss), "augment": aug, "augment_preset": _value(aug_preset),
+        "grad_clip": grad_clip, "ema": ema, "loss": _value(loss), "augment": aug, "augment_preset": _value(aug_preset),
         "val_cases": val_cases,
         "val_split": val_split, "fold": fold, "folds": folds, "precision": _value(precision),
         "compile": compile_model, "resume": resume, "deterministic": deterministic, "seed": seed, "device": device,

@@ -93,6 +93,10 @@ class TrainConfig:
     """L2 weight decay; None uses the preset (sgd 3e-5 as nnU-Net, adam 0)."""
     grad_clip: float | None = 12.0
     """Clip the gradient norm to this value (nnU-Net: 12); None or 0 disables clipping."""
+    ema: float | None = None
+    """Validate, choose ``best.pt`` and save an exponential moving average of the weights with this
+    decay, in (0, 1) (it spans about ``1 / (1 - ema)`` steps); None trains and saves the weights as
+    they are (:mod:`brainseg_cli.training.ema`)."""
     loss: str = "dice-ce"
     """``dice-ce`` (soft Dice + cross-entropy, or + BCE for regions) or ``dice``."""
     augment: bool = True
@@ -174,6 +178,8 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"weight_decay must be >= 0, got {config.weight_decay!r}")
     if config.grad_clip is not None and not config.grad_clip >= 0:
         raise ConfigError(f"grad_clip must be >= 0, got {config.grad_clip!r}")
+    if config.ema is not None and (isinstance(config.ema, bool) or not 0.0 < config.ema < 1.0):
+        raise ConfigError(f"ema must be a decay in (0, 1) such as 0.995, got {config.ema!r}")
     _choice("loss", config.loss, LOSSES)
     _choice("augment_preset", config.augment_preset, AUGMENT_PRESET_NAMES)
     _choice("precision", config.precision, PRECISIONS)

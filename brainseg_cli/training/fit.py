@@ -18,6 +18,10 @@ after a ``--resume``, and across data-parallel ranks (rank ``r`` of ``W`` takes 
 :func:`brainseg_cli.training.validation.validate`; the mean foreground Dice picks ``best.pt``.
 ``last.pt`` is written after every epoch with the optimiser, schedule and RNG states; resuming from
 it replays the remaining epochs exactly (bit-identical weights with ``--deterministic``).
+With ``ema`` (``--ema DECAY``) a moving average of the weights
+(:class:`~brainseg_cli.training.ema.WeightAverage`, updated after every step) is what is validated
+and saved as the checkpoints' ``state_dict``; ``last.pt`` also keeps the trained weights
+(``train_state_dict``) for ``--resume``.
 
 **Stopping.** After ``epochs`` epochs; earlier when the mean validation Dice has not improved for
 ``patience`` epochs; or when the wall-clock budget ``max_time_min`` would be exceeded by another
@@ -62,6 +66,7 @@ from brainseg_cli.io.atomic import atomic_write
 from brainseg_cli.training import distributed as D
 from brainseg_cli.training.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from brainseg_cli.training.config import Runtime, TrainConfig, config_differences, resolve_runtime
+from brainseg_cli.training.ema import WeightAverage
 from brainseg_cli.training.logging import MetricsLog, TensorBoardLog
 from brainseg_cli.training.optim import build_optimizer, resolved_optimizer_settings, SCHEDULE_FACTORS
 from brainseg_cli.training.validation import (
@@ -542,12 +547,15 @@ def fit(
     total_steps = config.epochs * config.iterations_per_epoch
     schedule = StepSchedule(optimizer, name=settings["schedule"], total_steps=total_steps)
     scaler = torch.amp.GradScaler("cuda") if runtime.precision == "fp16" else None
+    # The weights validated and saved: the model's own, or their moving average (--ema).
+    average = WeightAverage(model, config.ema) if config.ema is not None else None
+    evaluated = average.module if average is not None else model
 
     state = _Progress()
     start_epoch = 0
     if resume_from is not None:
         start_epoch = _restore(resume_from, model=model, optimizer=optimizer, schedule=schedule, scaler=scaler,
-                               state=state, device=device, hooks=epoch_hooks, config=config)
+                               state=state, device=device, hooks=epoch_hooks, config=config, average=average)
     else:
         seed_everything(config.seed + ctx.rank)
 
@@ -606,9 +614,13 @@ def fit(
                 "elapsed_seconds": state.elapsed,
                 "epoch_seconds": list(state.epoch_seconds),
             },
-            "state_dict": bare_state_dict(model),
+            "state_dict": bare_state_dict(evaluated),
         }
+        if average is not None:
+            data["training"]["ema"] = average.state_dict()
         if last:
+            if average is not None:  # the raw weights, for --resume
+                data["train_state_dict"] = bare_state_dict(model)
             data["optimizer"] = {"state": optimizer.state_dict(),
                                  "grad_scaler": scaler.state_dict() if scaler is not None else None}
             data["scheduler"] = schedule.state_dict()
@@ -675,6 +687,8 @@ def fit(
                 else:
                     optimizer.step()
                 schedule.step()
+                if average is not None:
+                    average.update(model)
                 losses[it] = loss.detach()  # stays on the device: no synchronisation per step
                 if progress is not None and ctx.is_main and ((it + 1) % PROGRESS_EVERY == 0 or it + 1 == config.iterations_per_epoch):
                     last_loss = float(losses[max(0, it + 1 - PROGRESS_EVERY):it + 1].mean())
@@ -708,7 +722,7 @@ def fit(
                 if ctx.is_main:
                     if progress is not None:
                         progress(describe(epoch) + " validating", (epoch + 1) * config.iterations_per_epoch, total_steps)
-                    val = validate(model, _val_iter(dataset, val_cases), plan=plan, entities=entities,
+                    val = validate(evaluated, _val_iter(dataset, val_cases), plan=plan, entities=entities,
                                    loss_fn=base_loss, target_fn=val_target, precision=runtime.precision,
                                    device=device, keep_probabilities=region_based)
                     if train_mode_hook is not None:
@@ -888,8 +902,12 @@ def check_run_dir(run_dir: Path, *, resume: bool, is_main: bool = True, create: 
 
 def _restore(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: StepSchedule,
              scaler: Any, state: _Progress, device: torch.device, hooks: Sequence[EpochHook],
-             config: TrainConfig) -> int:
-    """Load ``last.pt`` into the live objects; return the epoch to start with."""
+             config: TrainConfig, average: WeightAverage | None = None) -> int:
+    """Load ``last.pt`` into the live objects; return the epoch to start with.
+
+    With a weight average the checkpoint's ``state_dict`` is the average and ``train_state_dict``
+    the trained weights.
+    """
     ckpt = load_checkpoint(path, map_location="cpu")
     for key in ("optimizer", "scheduler", "rng"):
         if key not in ckpt:
@@ -908,7 +926,12 @@ def _restore(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, 
     for epoch in range(start):
         for hook in hooks:
             hook(EpochState(epoch=epoch, model=model, optimizer=optimizer, replay=True))
-    model.load_state_dict({k: v.to(device) for k, v in ckpt["state_dict"].items()}, strict=True)
+    if average is not None:
+        if "train_state_dict" not in ckpt or "ema" not in training:
+            raise CheckpointError(f"checkpoint {path} lacks the trained weights behind its average (--ema)")
+        average.load(ckpt["state_dict"], training["ema"], source=str(path))
+    weights = ckpt["train_state_dict"] if average is not None else ckpt["state_dict"]
+    model.load_state_dict({k: v.to(device) for k, v in weights.items()}, strict=True)
     optimizer.load_state_dict(ckpt["optimizer"]["state"])
     schedule.load_state_dict(ckpt["scheduler"])
     if scaler is not None and ckpt["optimizer"].get("grad_scaler"):

@@ -77,7 +77,7 @@ def test_every_option_reaches_the_library(phantom, captured, tmp_path):
     args = ["finetune", str(phantom), "--from", str(ckpt), "-o", str(tmp_path / "run"), "--freeze", "first3",
             "--unfreeze-after", "2", "--encoder-lr-scale", "0.1", "--channel-map", "IR=T1,FLAIR=T2", "--train-cases", "4",
             "--select", "lesion-balanced", "--no-aug", "--aug-preset", "brats", "--epochs", "5", "--iterations", "7", "--val-every", "2",
-            "--max-time", "1.5", "--lr", "0.1", "--optimizer", "sgd", "--schedule", "cosine", "--grad-clip", "3",
+            "--max-time", "1.5", "--lr", "0.1", "--optimizer", "sgd", "--schedule", "cosine", "--grad-clip", "3", "--ema", "0.99",
             "--loss", "dice", "--val-cases", "1", "--precision", "fp32", "--resume", "--deterministic", "--seed", "9",
             "--device", "cpu", "--workers", "0", "--nproc", "1", "--batch-size", "2", "--patch-size", "192x160",
             "--spacing", "1,1,3", "--memory-gb", "4", "--regions", "dataset", "--sample-dice", "--options-file", str(options)]
@@ -88,7 +88,7 @@ def test_every_option_reaches_the_library(phantom, captured, tmp_path):
     assert ft.checkpoint == ckpt and ft.freeze == "first3" and ft.unfreeze_after == 2 and ft.encoder_lr_scale == 0.1
     assert ft.channel_map == (("IR", "T1"), ("FLAIR", "T2")) and ft.train_cases == 4 and ft.select == "lesion-balanced"
     assert (tc.augment, tc.epochs, tc.iterations_per_epoch, tc.val_every, tc.max_time_min) == (False, 5, 7, 2, 1.5)
-    assert tc.augment_preset == "brats"
+    assert tc.augment_preset == "brats" and tc.ema == 0.99
     assert (tc.lr, tc.optimizer, tc.schedule, tc.grad_clip, tc.loss, tc.val_cases) == (0.1, "sgd", "cosine", 3.0, "dice", 1)
     assert (tc.precision, tc.resume, tc.deterministic, tc.seed, tc.device, tc.workers, tc.nproc) == (
         "fp32", True, True, 9, "cpu", 0, 1)

@@ -64,7 +64,7 @@ def _rows(run: Path) -> list[dict[str, str]]:
 def test_end_to_end(phantom, narrow, tmp_path):
     run = tmp_path / "run"
     res = runner.invoke(app, [*ONE_THREAD, "pretrain", str(phantom), "-o", str(run), *FAST, *narrow, "--no-aug", "--seed", "4",
-                              "--optimizer", "adam", "--grad-clip", "0", "--loss", "dice"])
+                              "--optimizer", "adam", "--grad-clip", "0", "--loss", "dice", "--ema", "0.9"])
     assert res.exit_code == 0, res.output
     assert res.output.strip().splitlines()[-1] == str(run / "best.pt")
     assert "mean validation Dice" in res.output
@@ -75,8 +75,8 @@ def test_end_to_end(phantom, narrow, tmp_path):
     assert [r["epoch"] for r in rows] == ["0", "1"]
     assert list(rows[0])[3:6] == ["val_dice_edema", "val_dice_non-enhancing tumour", "val_dice_enhancing tumour"]
     config = json.loads((run / "config.json").read_text())["train_config"]
-    assert (config["augment"], config["seed"], config["optimizer"], config["grad_clip"], config["loss"]) == (
-        False, 4, "adam", 0.0, "dice")
+    assert (config["augment"], config["seed"], config["optimizer"], config["grad_clip"], config["loss"], config["ema"]) == (
+        False, 4, "adam", 0.0, "dice", 0.9)
     assert json.loads((run / "config.json").read_text())["optimizer"]["lr"] == 1e-4
     ckpt = load_checkpoint(run / "best.pt")
     assert ckpt["channels"] == ["T1", "T1c", "T2", "FLAIR"] and ckpt["plan"]["patch_size"] == [16, 16, 16]
