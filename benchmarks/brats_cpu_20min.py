@@ -33,7 +33,7 @@ and ``Brats18_TCIA13_623_1`` (the only LGG); the other 7 (all HGG) train.
     python benchmarks/brats_cpu_20min.py [--minutes 20] [--config 2d|3d] [--epochs N]
         [--slice-weighting uniform|foreground] [--precision auto|fp32|bf16] [--aug-preset default|brats]
         [--loss dice-ce|dice] [--batch-dice | --no-batch-dice] [--no-tta]
-        [--checkpoint best|last] [--seeds N [N ...]] [--held-out CASE [CASE ...]] [-o OUT]
+        [--checkpoint best|last] [--ema DECAY] [--seeds N [N ...]] [--held-out CASE [CASE ...]] [-o OUT]
 
 ``--held-out`` names other held-out cases (the rest of the 9 train), for a cross-validation over
 the folder; the README's headline figures use the fixed split below.
@@ -170,6 +170,7 @@ def read_training(run: Path) -> dict:
         "decisions": plan.get("decisions", {}),
         "batch_dice": bool((plan.get("loss") or {}).get("batch_dice", False)),
         "augment_preset": train_cfg.get("augment_preset", "default") if train_cfg.get("augment", True) else "off",
+        "ema": train_cfg.get("ema"),
         "decided": {name: checkpoint_decisions(run / f"{name}.pt") for name in ("best", "last")},
     }
 
@@ -237,7 +238,9 @@ def write_results(out: Path, *, args: argparse.Namespace, seed: int, scores: dic
         f"Plan: {t['config']} {t['model']} (base features {t['base_features']}), patch "
         f"{'x'.join(map(str, t['patch']))}, batch {t['batch']}, spacing {'x'.join(f'{s:g}' for s in t['spacing'])} mm, "
         f"region-based WT/TC/ET (sigmoid), Dice {'over the batch' if t['batch_dice'] else 'per sample'}, "
-        f"augmentation `{t['augment_preset']}`, {t['epochs']} epochs x {t['iterations_per_epoch']} = "
+        f"augmentation `{t['augment_preset']}`, "
+        f"{'weights averaged (EMA decay ' + format(t['ema'], 'g') + ')' if t['ema'] else 'no weight averaging'}, "
+        f"{t['epochs']} epochs x {t['iterations_per_epoch']} = "
         f"**{t['steps']} training steps** ({t['train_seconds'] / max(t['steps'], 1):.2f} s/step incl. validation; "
         f"data waits {t['data_seconds']:.0f} s); final lr {t['last_lr']:.2e}; best validation Dice "
         f"{fmt(t['best_val_dice'])} at epoch {t['best_epoch']}.",
@@ -303,6 +306,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA, help="the brats2018_deepbrainseg folder")
     parser.add_argument("--slice-weighting", choices=("uniform", "foreground"), default="uniform",
                         help="pretrain --slice-weighting for 2-D plans (default uniform)")
+    parser.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                        help="validate and save a moving average of the weights (pretrain --ema); default off")
     parser.add_argument("--slice-context", type=int, default=0, metavar="K",
                         help="2-D: neighbouring slices on each side given as channels (pretrain --slice-context)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32",
@@ -383,6 +388,8 @@ def run_once(args: argparse.Namespace, seed: int, out: Path) -> dict[str, dict]:
                  "--aug-preset", args.aug_preset, "--loss", args.loss]
     if args.batch_dice is not None:
         pretrain += ["--batch-dice" if args.batch_dice else "--sample-dice"]
+    if args.ema is not None:
+        pretrain += ["--ema", f"{args.ema:g}"]
     if args.config == "2d":
         pretrain += ["--slice-weighting", args.slice_weighting, "--slice-context", str(args.slice_context)]
     run_step("pretrain", pretrain, logs, steps)
