@@ -27,7 +27,7 @@ def tiny_unet() -> torch.nn.Module:
 
 
 def train_cubes(run_dir: str, *, epochs: int = 2, iterations: int = 10, batch_size: int = 4,
-                augment: bool = False) -> list[float]:
+                augment: bool = False, ema: float | None = None) -> list[float]:
     """Train :func:`tiny_unet` on 4 cube cases; returns the per-step losses (rank-averaged).
 
     Joins the process group when started by torchrun or :func:`brainseg_cli.training.distributed.launch`.
@@ -37,7 +37,7 @@ def train_cubes(run_dir: str, *, epochs: int = 2, iterations: int = 10, batch_si
     try:
         data = cube_cases(4, shape=(24, 24, 24), patch_size=(16, 16, 16))
         config = TrainConfig(epochs=epochs, iterations_per_epoch=iterations, workers=0, augment=augment,
-                             device="cpu", precision="fp32", deterministic=True, val_every=epochs)
+                             device="cpu", precision="fp32", deterministic=True, val_every=epochs, ema=ema)
         result = fit(model=tiny_unet(), plan=cube_plan(batch_size=batch_size), dataset=data,
                      train_cases=["case_000", "case_001", "case_002"], val_cases=["case_003"],
                      run_dir=Path(run_dir), config=config, dist_ctx=ctx)

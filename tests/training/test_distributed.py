@@ -25,6 +25,24 @@ def test_two_processes_match_one_process(tmp_path):
                                                                      "tensorboard"]  # rank 0 only wrote
 
 
+@pytest.mark.slow
+def test_two_processes_average_the_weights_as_one_process(tmp_path):
+    """--ema under DDP: every rank averages the same weights, so rank 0 saves what one process saves."""
+    import torch
+
+    from brainseg_cli.training.checkpoint import load_checkpoint
+
+    kwargs = {"epochs": 1, "iterations": 8, "batch_size": 4, "ema": 0.9}
+    train_cubes(str(tmp_path / "one"), **kwargs)
+    D.launch(train_cubes, nproc=2, kwargs={"run_dir": str(tmp_path / "two"), **kwargs})
+    one, two = (load_checkpoint(tmp_path / name / "last.pt") for name in ("one", "two"))
+    assert two["training"]["ema"] == {"decay": 0.9, "updates": 8}
+    for key in ("state_dict", "train_state_dict"):
+        for name, value in one[key].items():
+            torch.testing.assert_close(two[key][name], value, rtol=1e-3, atol=1e-5)
+    assert not all(torch.equal(one["state_dict"][k], one["train_state_dict"][k]) for k in one["state_dict"])
+
+
 def test_env_parsing(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.delenv("RANK", raising=False)
