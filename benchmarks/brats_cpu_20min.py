@@ -206,6 +206,17 @@ def fmt(v: float, digits: int = 3) -> str:
     return "nan" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
 
+def score_rows(scores: dict, mean: dict, cases: list[str]) -> list[str]:
+    """Markdown table (header, a row per case, the bold mean) of WT/TC/ET Dice and HD95."""
+    rows = ["| case | WT Dice | TC Dice | ET Dice | WT HD95 | TC HD95 | ET HD95 |", "|---|---|---|---|---|---|---|"]
+    for c in cases:
+        rows.append(f"| {c} | " + " | ".join(fmt(scores[c][r]["dice"]) for r in REGIONS) + " | "
+                    + " | ".join(fmt(scores[c][r]["hd95"], 1) for r in REGIONS) + " |")
+    rows.append("| **mean** | " + " | ".join(f"**{fmt(mean[r]['dice'])}**" for r in REGIONS) + " | "
+                + " | ".join(fmt(mean[r]["hd95"], 1) for r in REGIONS) + " |")
+    return rows
+
+
 def write_results(out: Path, *, args: argparse.Namespace, seed: int, scores: dict, others: dict, training: dict,
                   steps: list[dict], load_start: tuple, load_end: tuple, total: float) -> str:
     """Write ``results.csv`` and ``results.md``; ``scores`` head them, ``others`` (name -> scores) follow."""
@@ -259,14 +270,8 @@ def write_results(out: Path, *, args: argparse.Namespace, seed: int, scores: dic
         "",
         f"Predicted with `{args.checkpoint}.pt`{' and mirroring TTA' if args.tta else ''}:",
         "",
-        "| case | WT Dice | TC Dice | ET Dice | WT HD95 | TC HD95 | ET HD95 |",
-        "|---|---|---|---|---|---|---|",
+        *score_rows(scores, mean, cases),
     ]
-    for c in cases:
-        lines.append(f"| {c} | " + " | ".join(fmt(scores[c][r]["dice"]) for r in REGIONS) + " | "
-                     + " | ".join(fmt(scores[c][r]["hd95"], 1) for r in REGIONS) + " |")
-    lines.append("| **mean** | " + " | ".join(f"**{fmt(mean[r]['dice'])}**" for r in REGIONS) + " | "
-                 + " | ".join(fmt(mean[r]["hd95"], 1) for r in REGIONS) + " |")
     for name, table in others.items():
         other_mean = means(table)
         lines.append(f"| mean with {name} (for comparison) | "

@@ -63,7 +63,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from brats_cpu_20min import BASELINES, CASES, DATA, HELD_OUT, REGIONS, REPO, fmt, load  # noqa: E402
+from brats_cpu_20min import BASELINES, CASES, DATA, HELD_OUT, REGIONS, REPO, fmt, load, score_rows  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 
@@ -282,14 +282,8 @@ def run_once(args: argparse.Namespace, seed: int, out: Path, train_cases: list[d
         f"{prep['seconds']:.1f} s; prediction + scoring {predict_seconds:.1f} s; torch threads "
         f"{torch.get_num_threads()} (torch's default, not changed).",
         "",
-        "| case | WT Dice | TC Dice | ET Dice | WT HD95 | TC HD95 | ET HD95 |",
-        "|---|---|---|---|---|---|---|",
+        *score_rows(scores, mean, names),
     ]
-    for c in names:
-        lines.append(f"| {c} | " + " | ".join(fmt(scores[c][r]["dice"]) for r in REGIONS) + " | "
-                     + " | ".join(fmt(scores[c][r]["hd95"], 1) for r in REGIONS) + " |")
-    lines.append("| **mean** | " + " | ".join(f"**{fmt(mean[r]['dice'])}**" for r in REGIONS) + " | "
-                 + " | ".join(fmt(mean[r]["hd95"], 1) for r in REGIONS) + " |")
     for name, (wt, tc, et) in BASELINES.items():
         lines.append(f"| {name} (issue #5, other cases) | {wt:.2f} | {tc:.2f} | {et:.2f} | | | |")
     lines += [
