@@ -206,6 +206,17 @@ def fmt(v: float, digits: int = 3) -> str:
     return "nan" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
 
+def split_cases(held_out: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(held out, training cases)`` for ``--held-out``; exits with a one-line error on unknown or repeated
+    cases, or when fewer than 2 would train."""
+    unknown = sorted(set(held_out) - set(CASES))
+    if unknown:
+        sys.exit(f"error: --held-out names cases not in the folder: {', '.join(unknown)} (cases: {', '.join(CASES)})")
+    if len(set(held_out)) != len(held_out) or len(held_out) > len(CASES) - 2:
+        sys.exit(f"error: --held-out needs distinct cases and leaves at least 2 to train, got {held_out}")
+    return tuple(held_out), tuple(c for c in CASES if c not in held_out)
+
+
 def score_rows(scores: dict, mean: dict, cases: list[str]) -> list[str]:
     """Markdown table (header, a row per case, the bold mean) of WT/TC/ET Dice and HD95."""
     rows = ["| case | WT Dice | TC Dice | ET Dice | WT HD95 | TC HD95 | ET HD95 |", "|---|---|---|---|---|---|---|"]
@@ -343,13 +354,7 @@ def main() -> None:
     parser.add_argument("--held-out", nargs="+", default=list(HELD_OUT), metavar="CASE",
                         help="held-out cases (default: the fixed split); the other cases of the 9 train")
     args = parser.parse_args()
-    unknown = sorted(set(args.held_out) - set(CASES))
-    if unknown:
-        sys.exit(f"error: --held-out names cases not in the folder: {', '.join(unknown)} (cases: {', '.join(CASES)})")
-    if len(set(args.held_out)) != len(args.held_out) or len(args.held_out) > len(CASES) - 2:
-        sys.exit(f"error: --held-out needs distinct cases and leaves at least 2 to train, got {args.held_out}")
-    args.held_out = tuple(args.held_out)
-    args.train = tuple(c for c in CASES if c not in args.held_out)
+    args.held_out, args.train = split_cases(args.held_out)
 
     out = args.output or Path(tempfile.mkdtemp(prefix="brats_cpu_"))
     out.mkdir(parents=True, exist_ok=True)

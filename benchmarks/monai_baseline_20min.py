@@ -63,7 +63,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from brats_cpu_20min import BASELINES, CASES, DATA, HELD_OUT, REGIONS, REPO, fmt, load, score_rows  # noqa: E402
+from brats_cpu_20min import BASELINES, CASES, DATA, HELD_OUT, REGIONS, REPO, fmt, load, score_rows, split_cases  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 
@@ -338,11 +338,7 @@ def main() -> None:
     parser.add_argument("--held-out", nargs="+", default=list(HELD_OUT), metavar="CASE",
                         help="held-out cases (default: the fixed split of brats_cpu_20min.py); the other cases of the 9 train")
     args = parser.parse_args()
-    unknown = sorted(set(args.held_out) - set(CASES))
-    if unknown:
-        sys.exit(f"error: --held-out names cases not in the folder: {', '.join(unknown)} (cases: {', '.join(CASES)})")
-    if len(set(args.held_out)) != len(args.held_out) or len(args.held_out) > len(CASES) - 2:
-        sys.exit(f"error: --held-out needs distinct cases and leaves at least 2 to train, got {args.held_out}")
+    args.held_out, args.train = split_cases(args.held_out)
     if len(args.seeds) != len(set(args.seeds)):
         sys.exit(f"error: --seeds repeats a seed: {args.seeds}")
     if not args.minutes > 0:
@@ -354,8 +350,6 @@ def main() -> None:
     missing = [c for c in CASES if not (args.data / c).is_dir()]
     if missing:
         sys.exit(f"error: case folders missing in {args.data.resolve()}: {', '.join(missing)}")
-    args.held_out = tuple(args.held_out)
-    args.train = tuple(c for c in CASES if c not in args.held_out)
     args.command = " ".join(shlex.quote(a) for a in ["python", "benchmarks/monai_baseline_20min.py"] + sys.argv[1:])
     if args.output is not None and args.output.exists() and (not args.output.is_dir() or any(args.output.iterdir())):
         sys.exit(f"error: output folder {args.output.resolve()} is not empty")
