@@ -18,14 +18,6 @@ TRAIN = ["case_000", "case_001", "case_002"]
 VAL = ["case_003"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_effective_decay_warms_up_to_the_decay():
     assert effective_decay(0.995, 0) == pytest.approx(0.1)
     assert effective_decay(0.995, 10) == pytest.approx(11 / 20)

@@ -21,14 +21,6 @@ TRAIN = ["case_000", "case_001", "case_002"]
 VAL = ["case_003"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_model(*, deep_supervision=True, norm="instance", num_classes=3):
     torch.manual_seed(0)
     return build_model("unet", spatial_dims=3, in_channels=2, num_classes=num_classes, depth=2, base_features=8,
