@@ -272,13 +272,17 @@ def real_brats(shared_data, tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_real_brats_cases(real_brats, tmp_path):
-    """Two real BraTS 2018 cases, converted and trained briefly at 4 mm: the loss falls, outputs are valid."""
+    """Two real BraTS 2018 cases, converted and trained briefly at 4 mm (weights averaged): the loss falls, outputs are valid."""
     dataset = real_brats
     run = tmp_path / "run"
     res = runner.invoke(app, [*ONE_THREAD, "pretrain", str(dataset), "-o", str(run), "--spacing", "4,4,4", "--patch-size",
                               "32,32,32", "--batch-size", "2", "--epochs", "3", "--iterations", "6", "--workers", "0",
-                              "--device", "cpu", "--val-cases", "1", "--no-aug", "--regions", "brats"])
+                              "--device", "cpu", "--val-cases", "1", "--no-aug", "--regions", "brats", "--ema", "0.9"])
     assert res.exit_code == 0, res.output
+    # --ema: the checkpoints hold the average of the 18 steps; last.pt also the trained weights
+    last = load_checkpoint(run / "last.pt")
+    assert last["training"]["ema"] == {"decay": 0.9, "updates": 18}
+    assert any(not torch.equal(v, last["train_state_dict"][k]) for k, v in last["state_dict"].items())
     rows = _rows(run)
     losses = [float(r["train_loss"]) for r in rows]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
