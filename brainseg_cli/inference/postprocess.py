@@ -100,6 +100,43 @@ def decided_groups(
     return groups
 
 
+def agreed_groups(member_groups: Sequence[Sequence[Sequence[int]]]) -> list[list[int]]:
+    """The largest-component groups of an ensemble: those every member's decision switched on.
+
+    Each member's decision was made on its own validation predictions, so members can disagree; a
+    step is applied to the averaged probabilities only when every member decided for it (a decision
+    one member made on its own cases is not imposed on the others').
+
+    Args:
+        member_groups: per member, its label groups (:func:`decided_groups`), in its order.
+
+    Returns:
+        The groups all members hold, in the first member's order (empty for no members).
+    """
+    if not member_groups:
+        return []
+    first, *rest = ([sorted(int(v) for v in g) for g in groups] for groups in member_groups)
+    return [g for g in first if all(g in other for other in rest)]
+
+
+def agreed_thresholds(member_thresholds: Sequence[Mapping[str, float]], names: Sequence[str]) -> dict[str, float]:
+    """The growing threshold of each region for an ensemble: growing only where every member grows.
+
+    A region grows (threshold below :data:`REGION_THRESHOLD`) only when every member decided so, and
+    then to the highest of their thresholds (the least growing they all agree on). A member that names
+    no threshold for a region counts as :data:`REGION_THRESHOLD` (no growing).
+
+    Args:
+        member_thresholds: per member, ``{region name: threshold}`` (its ``region_thresholds``).
+        names: the regions, in output order.
+
+    Returns:
+        ``{region name: threshold}`` in the order of ``names``.
+    """
+    return {name: max((float(t.get(name, REGION_THRESHOLD)) for t in member_thresholds), default=REGION_THRESHOLD)
+            for name in names}
+
+
 def label_value_dtype(max_label: int) -> np.dtype:
     """The smallest unsigned integer dtype holding labels up to ``max_label``."""
     if max_label < 256:

@@ -33,7 +33,8 @@ from torch import nn
 
 from brainseg_cli.errors import CheckpointError, ConfigError, InputError
 from brainseg_cli.inference.postprocess import (
-    REGION_THRESHOLD,
+    agreed_groups,
+    agreed_thresholds,
     apply_largest_component,
     check_thresholds,
     decided_groups,
@@ -286,9 +287,10 @@ class Predictor:
     def thresholds(self) -> dict[str, float] | None:
         """The growing threshold of each region (region-based models; None for softmax models).
 
-        The ``region_threshold`` given to the predictor for every region; else each checkpoint's
+        The ``region_threshold`` given to the predictor for every region; else the checkpoint's
         ``region_thresholds`` (0.5 for a region it does not name, e.g. a checkpoint written before
-        the decision existed), averaged over the ensemble's members.
+        the decision existed). An ensemble grows a region only where every member decided to grow it,
+        to the highest of their thresholds (:func:`~brainseg_cli.inference.postprocess.agreed_thresholds`).
 
         Returns:
             ``{region name: threshold}`` in output order, or None.
@@ -297,12 +299,8 @@ class Predictor:
             return None
         if self.region_threshold is not None:
             return {name: float(self.region_threshold) for name in self.regions}
-        out = {}
-        for name in self.regions:
-            values = [float((m.checkpoint.get("region_thresholds") or {}).get(name, REGION_THRESHOLD))
-                      for m in self.members]
-            out[name] = float(np.mean(values))
-        return out
+        return agreed_thresholds([m.checkpoint.get("region_thresholds") or {} for m in self.members],
+                                 list(self.regions))
 
     @property
     def output_names(self) -> list[str]:
@@ -342,7 +340,9 @@ class Predictor:
         Args:
             lcc: ``"auto"``: the checkpoint's ``postprocessing`` decision (label names -> their
                 value; region names -> the region's labels as one group; ``"all foreground"`` ->
-                every foreground label as one group), in the order stored; ``"on"``: every
+                every foreground label as one group), in the order stored; for an ensemble the
+                groups every member decided on (:func:`~brainseg_cli.inference.postprocess.agreed_groups`),
+                in the first member's order; ``"on"``: every
                 foreground label together as one group (removes islands of the whole
                 segmentation); ``"off"``: none.
 
@@ -356,8 +356,9 @@ class Predictor:
         foreground = sorted(v for v in self.labels.values() if v != 0)
         if lcc == "on":
             return [foreground] if foreground else []
-        return decided_groups(self.checkpoint.get("postprocessing") or {}, labels=self.labels, regions=self.regions,
-                              source=f"checkpoint {self.members[0].path}")
+        return agreed_groups([decided_groups(m.checkpoint.get("postprocessing") or {}, labels=self.labels,
+                                             regions=self.regions, source=f"checkpoint {m.path}")
+                              for m in self.members])
 
     # ------------------------------------------------------------------------------ prediction
     def _predict_member(self, member: EnsembleMember, data: np.ndarray) -> np.ndarray:

@@ -75,6 +75,7 @@ def test_outputs_csv_config_probabilities_and_source_labels(tmp_path, fitted_che
     assert float(rows[0]["inner_ml"]) == pytest.approx((canonical == 2).sum() * 2.0 / 1000, abs=1e-4)
     saved = json.loads((tmp_path / "out" / "predict_config.json").read_text())
     assert saved["labels"] == "source" and saved["models"] == [str(fitted_checkpoint)]
+    assert saved["largest_component_groups"] == []   # --lcc off: the post-processing applied is written down
 
 
 def test_skip_finished_overwrite_and_resume(tmp_path, fitted_checkpoint):

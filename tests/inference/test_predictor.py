@@ -217,10 +217,42 @@ def test_region_thresholds_from_the_checkpoint(tmp_path):
     half = Predictor.from_checkpoints([a], device="cpu", region_threshold=0.5)
     assert half.thresholds() == {"WT": 0.5, "TC": 0.5, "ET": 0.5}
     np.testing.assert_array_equal(half.labels_from_probabilities(probs, lcc="off")[0, 0], [0, 1, 2, 3, 0, 0, 0, 0])
-    # an ensemble averages its members' thresholds (a checkpoint without any counts as 0.5)
+    # an ensemble grows a region only where every member grows it (a checkpoint without any: 0.5, no growing)
     b = random_checkpoint(tmp_path / "b.pt", seed=1, **kwargs)
-    assert Predictor.from_checkpoints([a, b], device="cpu").thresholds() == pytest.approx(
-        {"WT": 0.4, "TC": 0.45, "ET": 0.5})
+    assert Predictor.from_checkpoints([a, b], device="cpu").thresholds() == {"WT": 0.5, "TC": 0.5, "ET": 0.5}
+    # ... and then to the highest threshold of the members (the least growing they all agree on)
+    c = _with_thresholds(random_checkpoint(tmp_path / "c.pt", seed=2, **kwargs), {"WT": 0.1, "TC": 0.5, "ET": 0.2})
+    ensemble = Predictor.from_checkpoints([a, c], device="cpu")
+    assert ensemble.thresholds() == {"WT": 0.3, "TC": 0.5, "ET": 0.5}
+    np.testing.assert_array_equal(ensemble.labels_from_probabilities(probs, lcc="off")[0, 0], [1, 1, 2, 3, 0, 0, 0, 0])
+
+
+def test_ensemble_applies_the_largest_component_decisions_all_members_made(tmp_path):
+    regions = {"WT": [1, 2, 3], "TC": [2, 3], "ET": [3]}
+    labels = {"background": 0, "edema": 1, "core": 2, "enhancing": 3}
+    kwargs = dict(labels=labels, regions=regions, region_based=True, crop_to_brain=False)
+    a = random_checkpoint(tmp_path / "a.pt", postprocessing={"WT": {"largest_component": True},
+                                                              "ET": {"largest_component": True}}, **kwargs)
+    b = random_checkpoint(tmp_path / "b.pt", seed=1, postprocessing={"ET": {"largest_component": True},
+                                                                      "WT": {"largest_component": True},
+                                                                      "TC": {"largest_component": True}}, **kwargs)
+    c = random_checkpoint(tmp_path / "c.pt", seed=2, postprocessing={"ET": {"largest_component": True},
+                                                                      "WT": {"largest_component": False}}, **kwargs)
+    assert Predictor.from_checkpoints([a], device="cpu").largest_component_groups("auto") == [[1, 2, 3], [3]]
+    # both decided WT and ET (in a's order); only b decided TC
+    assert Predictor.from_checkpoints([a, b], device="cpu").largest_component_groups("auto") == [[1, 2, 3], [3]]
+    assert Predictor.from_checkpoints([b, a], device="cpu").largest_component_groups("auto") == [[3], [1, 2, 3]]
+    # c decided against WT: only ET is kept to its largest component
+    ensemble = Predictor.from_checkpoints([a, b, c], device="cpu")
+    assert ensemble.largest_component_groups("auto") == [[3]]
+    probs = np.zeros((3, 1, 1, 8), np.float32)
+    probs[:, 0, 0, 0] = [0.9, 0.1, 0.1]      # a WT island apart from the tumour: kept (WT not agreed)
+    probs[:, 0, 0, 2:4] = 0.9                # the tumour with its enhancing part
+    probs[:, 0, 0, 6] = [0.9, 0.9, 0.9]      # an ET island: removed (ET agreed)
+    out = ensemble.labels_from_probabilities(probs)
+    np.testing.assert_array_equal(out[0, 0], [1, 0, 3, 3, 0, 0, 0, 0])
+    # "on"/"off" ignore the stored decisions
+    assert ensemble.largest_component_groups("on") == [[1, 2, 3]] and ensemble.largest_component_groups("off") == []
 
 
 def test_region_thresholds_rejected(tmp_path):
