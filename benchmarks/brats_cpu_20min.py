@@ -22,7 +22,7 @@ BraTS 2018 cases of ``../shared/data/brats2018_deepbrainseg`` (read in place, ne
    once more with ``--region-threshold 0.5`` (no region growing: every region at 0.5 instead of the
    growing thresholds the run decided on its validation case), to show what that decision changes;
 4. ``brainseg evaluate --regions brats --metrics dice hd95`` against the held-out labels;
-5. ``results.md`` / ``results.csv`` in OUT: WT/TC/ET Dice and HD95 per case and mean (the headline
+5. ``results.md`` / ``results.csv`` / ``results.json`` in OUT: WT/TC/ET Dice and HD95 per case and mean (the headline
    checkpoint's; the other's and the 0.5-threshold means below), the decisions stored in each
    checkpoint (region thresholds, largest component), wall time of every step, training steps done,
    the plan used, and the load average at start and end (the machine is shared, so the load says
@@ -314,6 +314,18 @@ def write_results(out: Path, *, args: argparse.Namespace, seed: int, scores: dic
     ]
     text = "\n".join(lines)
     (out / "results.md").write_text(text)
+    record = {
+        "seed": seed, "minutes": args.minutes, "train_cases": list(args.train), "held_out": list(args.held_out),
+        "checkpoint": f"{args.checkpoint}.pt", "tta": bool(args.tta), "scores": scores, "mean": mean,
+        "others": {name: {"scores": table, "mean": means(table)} for name, table in others.items()},
+        "training": {k: v for k, v in training.items() if k != "decided"}, "decided": training["decided"],
+        "steps": training["steps"], "seconds_per_step": training["train_seconds"] / max(training["steps"], 1),
+        "wall": [{k: s[k] for k in ("step", "seconds", "load_before", "load_after", "command")} for s in steps],
+        "total_seconds": total, "load_start": list(load_start), "load_end": list(load_end),
+        "cpu_count": os.cpu_count(),
+        "hd95": "mm, max of the two directed 95th percentiles (MONAI's); BraTS empty policy",
+    }
+    (out / "results.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     return text
 
 

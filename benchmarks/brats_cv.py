@@ -1,0 +1,302 @@
+"""Cross-validated BraTS protocol: brainseg and a plain MONAI 2-D U-Net on the same folds, minutes and machine.
+
+Every one of the 9 real BraTS 2018 cases of ``../shared/data/brats2018_deepbrainseg`` (read in place)
+is predicted once, by a model that never saw it:
+
+1. The folds are the case-level K-fold split of ``brainseg pretrain --fold K --folds N``
+   (:func:`brainseg_cli.training.splits.kfold_splits`: sorted case names shuffled with a fixed seed,
+   3 folds of 3 by default), so they are the same whatever the training seed.
+2. Per fold, **brainseg** runs through its CLI (``brats_cpu_20min.py --held-out <fold>``: ``convert``,
+   ``pretrain`` on the other cases, one of which validates the decisions made at the end of training,
+   ``predict``, ``evaluate``), with the options in :data:`BRAINSEG_OPTIONS` (the tool's defaults
+   otherwise: the CPU plan, ``--precision auto``), for ``--minutes`` of wall clock;
+3. the same fold, minutes and seed for the **plain MONAI 2-D U-Net** of ``monai_baseline_20min.py``
+   (trains on all the fold's training cases, final weights);
+4. both are scored with the project's metric code (WT/TC/ET Dice and HD95, BraTS empty policy) and
+   written to ``OUT/results.json`` and ``OUT/results.md``: per fold, per case and the mean over all
+   cases, for both systems, with each run's training steps and the load average around it (the runs
+   are timed: anything else on the 2 cores lowers their step count).
+
+Each run lives in ``OUT/<system>/fold_<K>/seed_<S>``; a run whose ``results.json`` exists is not run
+again, so an interrupted cross-validation continues where it stopped.
+
+    python benchmarks/brats_cv.py -o OUT [--folds 3] [--seed 0] [--minutes 20] [--systems brainseg monai]
+        [--only-fold K ...] [--label TEXT] [-- EXTRA brats_cpu_20min.py OPTIONS]
+    python benchmarks/brats_cv.py --aggregate OUT [--label TEXT]      # tables from finished runs only
+    python benchmarks/brats_cv.py --readme RESULTS.json [README.md]     # the README table from a results file
+
+The README's cross-validation table is generated from ``benchmarks/results/brats_cv.json`` by the last
+form (between the ``<!-- brats_cv:begin -->`` and ``<!-- brats_cv:end -->`` markers); a test checks
+that the README matches the results file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from brats_cpu_20min import CASES, DATA, REGIONS, REPO, fmt, load  # noqa: E402
+
+sys.path.insert(0, str(REPO))
+from brainseg_cli.training.splits import kfold_splits  # noqa: E402
+
+#: The systems compared, in table order.
+SYSTEMS = ("brainseg", "monai")
+#: Their names in tables.
+SYSTEM_NAMES = {"brainseg": "brainseg", "monai": "MONAI 2-D U-Net"}
+#: Options of ``brats_cpu_20min.py`` for brainseg's runs (beyond ``--held-out``, ``--seeds``, ``--minutes``):
+#: the tool's own precision choice (``auto``), region-based WT/TC/ET training with the weight average.
+BRAINSEG_OPTIONS = ("--precision", "auto", "--ema", "0.995")
+DEFAULT_FOLDS = 3
+RESULTS = HERE / "results" / "brats_cv.json"
+BEGIN = "<!-- brats_cv:begin -->"
+END = "<!-- brats_cv:end -->"
+
+
+def cv_folds(cases: tuple[str, ...] | list[str] = CASES, folds: int = DEFAULT_FOLDS) -> list[list[str]]:
+    """The held-out cases of each fold: ``pretrain --fold K --folds N``'s validation cases.
+
+    Every case is held out in exactly one fold; deterministic (independent of any training seed).
+    """
+    return [val for _, val in kfold_splits(list(cases), folds=folds)]
+
+
+def run_dir(out: Path, system: str, fold: int, seed: int) -> Path:
+    return out / system / f"fold_{fold}" / f"seed_{seed}"
+
+
+def run_fold(system: str, *, fold: int, held_out: list[str], seed: int, minutes: float, out: Path,
+             extra: list[str]) -> None:
+    """Run one system on one fold into ``run_dir(...)`` (skipped when its ``results.json`` exists)."""
+    target = run_dir(out, system, fold, seed)
+    if (target / "results.json").is_file():
+        print(f"[{time.strftime('%H:%M:%S')}] {system} fold {fold}: done before ({target})", flush=True)
+        return
+    if target.exists() and any(target.iterdir()):
+        sys.exit(f"error: {target} holds an unfinished run (no results.json); remove it to run that fold again")
+    if system == "brainseg":
+        cmd = [sys.executable, str(HERE / "brats_cpu_20min.py"), "-o", str(target), "--seeds", str(seed),
+               "--minutes", f"{minutes:g}", "--held-out", *held_out, *BRAINSEG_OPTIONS, *extra]
+    else:  # the MONAI script writes OUT/seed_S into an empty OUT: run it in a scratch folder, move seed_S up
+        scratch = target.parent / f"_run_seed_{seed}"
+        if scratch.exists():
+            sys.exit(f"error: {scratch} is left from an interrupted run; remove it to run that fold again")
+        cmd = [sys.executable, str(HERE / "monai_baseline_20min.py"), "-o", str(scratch), "--seeds", str(seed),
+               "--minutes", f"{minutes:g}", "--held-out", *held_out]
+    log = out / system / f"fold_{fold}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[{time.strftime('%H:%M:%S')}] {system} fold {fold} (held out {', '.join(held_out)}): log {log}", flush=True)
+    with open(log, "w") as fh:
+        fh.write("$ " + shlex.join(cmd) + "\n")
+        fh.flush()
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
+    if system == "monai" and proc.returncode == 0:
+        if target.exists():
+            target.rmdir()
+        (scratch / f"seed_{seed}").rename(target)
+        scratch.rmdir()
+    if proc.returncode != 0 or not (target / "results.json").is_file():
+        tail = "\n".join(log.read_text().splitlines()[-20:])
+        sys.exit(f"error: {system} fold {fold} failed (exit {proc.returncode}); last lines of {log}:\n{tail}")
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def region_means(scores: dict[str, dict[str, dict[str, float]]], cases: list[str]) -> dict[str, dict[str, float]]:
+    """``{region: {"dice", "hd95"}}``: the mean over ``cases`` of ``scores[case][region][metric]``."""
+    return {r: {m: _mean([scores[c][r][m] for c in cases]) for m in ("dice", "hd95")} for r in REGIONS}
+
+
+def collect(out: Path, *, folds: list[list[str]], seed: int, systems: tuple[str, ...] = SYSTEMS,
+            label: str = "") -> dict:
+    """The cross-validation record from the finished runs in ``out`` (see the module docstring).
+
+    Raises:
+        SystemExit: a run is missing or does not score its fold's cases.
+    """
+    record: dict = {
+        "format_version": 1,
+        "protocol": {
+            "data": "../shared/data/brats2018_deepbrainseg", "cases": list(CASES), "folds": len(folds), "seed": seed,
+            "split": "brainseg pretrain --fold K --folds N (kfold_splits: sorted cases shuffled with seed 12345)",
+            "brainseg": "python benchmarks/brats_cpu_20min.py --held-out FOLD --seeds SEED " + " ".join(BRAINSEG_OPTIONS),
+            "monai": "python benchmarks/monai_baseline_20min.py --held-out FOLD --seeds SEED",
+            "hd95": "mm, max of the two directed 95th percentiles (MONAI's); BraTS empty policy",
+            "label": label,
+        },
+        "folds": [{"fold": k, "held_out": list(h)} for k, h in enumerate(folds)],
+        "systems": {},
+        "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+    }
+    minutes = set()
+    for system in systems:
+        runs, scores = [], {}
+        for k, held in enumerate(folds):
+            path = run_dir(out, system, k, seed) / "results.json"
+            if not path.is_file():
+                sys.exit(f"error: {path} is missing: run `python benchmarks/brats_cv.py -o {out}` to finish the folds")
+            res = json.loads(path.read_text())
+            missing = sorted(set(held) - set(res["scores"]))
+            if missing or sorted(res.get("held_out", held)) != sorted(held):
+                sys.exit(f"error: {path} does not score fold {k}'s cases {held} (held out there: {res.get('held_out')})")
+            minutes.add(float(res["minutes"]))
+            for c in held:
+                scores[c] = {r: {m: float(res["scores"][c][r][m]) for m in ("dice", "hd95")} for r in REGIONS}
+            runs.append({"fold": k, "steps": int(res["steps"]), "seconds_per_step": float(res["seconds_per_step"]),
+                         "load_start": res.get("load_start"), "load_end": res.get("load_end"),
+                         "mean": region_means(scores, held)})
+        cases = [c for held in folds for c in held]
+        record["systems"][system] = {"name": SYSTEM_NAMES[system], "runs": runs, "scores": scores,
+                                     "mean": region_means(scores, cases)}
+    if len(minutes) > 1:
+        sys.exit(f"error: the runs in {out} trained for different budgets: {sorted(minutes)} minutes")
+    record["protocol"]["minutes"] = minutes.pop() if minutes else None
+    return record
+
+
+def table(record: dict) -> list[str]:
+    """The Markdown table of a record: per fold and over all cases, each system, Dice and HD95 per region."""
+    systems = list(record["systems"])
+    lines = ["| held out | system | steps | WT Dice | TC Dice | ET Dice | WT HD95 | TC HD95 | ET HD95 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for fold in record["folds"]:
+        k = fold["fold"]
+        cases = ", ".join(c.removeprefix("Brats18_") for c in fold["held_out"])
+        for system in systems:
+            run = record["systems"][system]["runs"][k]
+            m = run["mean"]
+            lines.append(f"| fold {k}: {cases} | {record['systems'][system]['name']} | {run['steps']} | "
+                         + " | ".join(fmt(m[r]["dice"]) for r in REGIONS) + " | "
+                         + " | ".join(fmt(m[r]["hd95"], 1) for r in REGIONS) + " |")
+    n = sum(len(f["held_out"]) for f in record["folds"])
+    for system in systems:
+        m = record["systems"][system]["mean"]
+        lines.append(f"| **all {n} cases** | **{record['systems'][system]['name']}** | | "
+                     + " | ".join(f"**{fmt(m[r]['dice'])}**" for r in REGIONS) + " | "
+                     + " | ".join(fmt(m[r]["hd95"], 1) for r in REGIONS) + " |")
+    return lines
+
+
+def case_table(record: dict) -> list[str]:
+    """Per-case Dice of every system (WT / TC / ET)."""
+    systems = list(record["systems"])
+    lines = ["| case | fold | " + " | ".join(f"{record['systems'][s]['name']} WT / TC / ET" for s in systems) + " |",
+             "|---|---|" + "---|" * len(systems)]
+    for fold in record["folds"]:
+        for c in fold["held_out"]:
+            cells = [" / ".join(fmt(record["systems"][s]["scores"][c][r]["dice"]) for r in REGIONS) for s in systems]
+            lines.append(f"| {c} | {fold['fold']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def readme_block(record: dict) -> str:
+    """What the README shows between the markers: the command, the conditions and the table."""
+    p = record["protocol"]
+    loads = [run["load_start"][0] for s in record["systems"].values() for run in s["runs"] if run.get("load_start")]
+    lines = [
+        BEGIN,
+        f"{p['folds']}-fold cross-validation over the {len(p['cases'])} cases, {p['minutes']:g} minutes of training per "
+        f"fold and system on this 2-core CPU, seed {p['seed']} (`python benchmarks/brats_cv.py -o OUT --seed "
+        f"{p['seed']}`; table: `python benchmarks/brats_cv.py --readme benchmarks/results/brats_cv.json`). "
+        f"brainseg: `pretrain --regions brats {' '.join(BRAINSEG_OPTIONS)}` (the CPU plan, "
+        "region growing and largest-component decided on one validation case of each fold's training cases), "
+        "`predict --tta`; MONAI: the plain 2-D U-Net of `benchmarks/monai_baseline_20min.py` (channels 32-512, "
+        "DiceCE, Adam, final weights). Mean Dice and HD95 (mm) over each fold's held-out cases"
+        + (f"; load average at the start of the runs {min(loads):g}-{max(loads):g}" if loads else "") + ".",
+        "",
+        *table(record),
+    ]
+    if p.get("label"):
+        lines += ["", p["label"]]
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def write_readme(readme: Path, record: dict) -> bool:
+    """Replace the block between the markers in ``readme``; True when the file changed."""
+    text = readme.read_text()
+    start, stop = text.find(BEGIN), text.find(END)
+    if start < 0 or stop < start:
+        sys.exit(f"error: {readme} has no {BEGIN} ... {END} block")
+    new = text[:start] + readme_block(record) + text[stop + len(END):]
+    if new == text:
+        return False
+    readme.write_text(new)
+    return True
+
+
+def write_record(out: Path, record: dict) -> None:
+    (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
+    p = record["protocol"]
+    md = [f"# BraTS 2018 cross-validation: {p['folds']} folds, {p['minutes']:g} minutes per fold and system, "
+          f"seed {p['seed']}", "", readme_block(record).replace(BEGIN + "\n", "").replace("\n" + END, ""), "",
+          "Per case (Dice):", "", *case_table(record), ""]
+    (out / "results.md").write_text("\n".join(md))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-o", "--output", type=Path, help="output folder of the runs and the results")
+    parser.add_argument("--aggregate", type=Path, metavar="OUT", help="only collect finished runs in OUT into results")
+    parser.add_argument("--readme", nargs="+", type=Path, metavar=("RESULTS.json", "README.md"),
+                        help="write the README block from a results file (default README: the repository's)")
+    parser.add_argument("--folds", type=int, default=DEFAULT_FOLDS, help=f"number of folds (default {DEFAULT_FOLDS})")
+    parser.add_argument("--only-fold", type=int, nargs="+", metavar="K", help="run only these folds")
+    parser.add_argument("--seed", type=int, default=0, help="training seed of every run (default 0)")
+    parser.add_argument("--minutes", type=float, default=20.0, help="training budget per fold and system")
+    parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS), help="systems to run")
+    parser.add_argument("--label", default="", help="a note stored with the results (e.g. the machine's state)")
+    args, extra = parser.parse_known_args()
+    extra = [a for a in extra if a != "--"]
+
+    if args.readme:
+        results = args.readme[0]
+        readme = args.readme[1] if len(args.readme) > 1 else REPO / "README.md"
+        changed = write_readme(readme, json.loads(results.read_text()))
+        print(f"{readme}: {'updated' if changed else 'already up to date'}")
+        return
+    folds = cv_folds(CASES, args.folds)
+    if args.aggregate:
+        record = collect(args.aggregate, folds=folds, seed=args.seed, systems=tuple(args.systems), label=args.label)
+        write_record(args.aggregate, record)
+        print((args.aggregate / "results.md").read_text())
+        return
+    if args.output is None:
+        parser.error("-o OUT is required to run the folds")
+    if not args.minutes > 0:
+        sys.exit(f"error: --minutes must be positive, got {args.minutes:g}")
+    missing = [c for c in CASES if not (DATA / c).is_dir()]
+    if missing:
+        sys.exit(f"error: case folders missing in {DATA.resolve()}: {', '.join(missing)}")
+    out = args.output.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    todo = args.only_fold if args.only_fold is not None else range(len(folds))
+    bad = [k for k in todo if not 0 <= k < len(folds)]
+    if bad:
+        sys.exit(f"error: --only-fold {bad}: folds are 0..{len(folds) - 1}")
+    print(f"folds: " + "; ".join(f"{k}: {', '.join(h)}" for k, h in enumerate(folds)), flush=True)
+    for k in todo:
+        for system in args.systems:
+            run_fold(system, fold=k, held_out=folds[k], seed=args.seed, minutes=args.minutes, out=out, extra=extra)
+    if args.only_fold is None:
+        record = collect(out, folds=folds, seed=args.seed, systems=tuple(args.systems), label=args.label)
+        write_record(out, record)
+        print((out / "results.md").read_text())
+    print(f"load now {load()}")
+
+
+if __name__ == "__main__":
+    main()
