@@ -1,4 +1,4 @@
-"""``brainseg evaluate``: score predicted label maps against references (DESIGN §4, §5)."""
+"""``brainseg evaluate``: score predicted label maps against references (docs/DEFINITIONS.md §3, §5)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from brainseg_cli.cli import common
 
 
 class HD95Choice(str, Enum):
-    """HD95 definitions (DESIGN §4)."""
+    """HD95 definitions (docs/DEFINITIONS.md §3)."""
 
     max = "max"
     pooled = "pooled"
 
 
 class EmptyChoice(str, Enum):
-    """Empty-case policies (DESIGN §4)."""
+    """Empty-case policies (docs/DEFINITIONS.md §3)."""
 
     brats = "brats"
     nan = "nan"
@@ -76,7 +76,7 @@ class _EvaluateCommand(TyperCommand):
 
 HELP = (
     "Score predicted label maps against references: Dice, IoU, HD95, HD, ASSD, NSD, sensitivity, specificity, "
-    "precision, volume; per case, per label and per region, with the definitions of DESIGN §4.\n\n"
+    "precision, volume; per case, per label and per region, with the definitions of docs/DEFINITIONS.md §3.\n\n"
     "REF and PRED are each a dataset folder (labelsTr/ + dataset.json), a labelsTr folder, a flat folder of label "
     "files (.nii.gz, .nii, .mha, .nrrd, ...; case id = file name without ending) or a Kaggle-LGG kaggle_3m folder "
     "(mask slices stacked per patient). Cases are paired by id; a reference without prediction is scored as an "

@@ -1,4 +1,4 @@
-"""Canonical MRI channel names and their aliases (DESIGN §3).
+"""Canonical MRI channel names and their aliases (docs/DEFINITIONS.md §1-2).
 
 Every dataset brainseg writes names its channels with one of :data:`CANONICAL_CHANNELS` and stores
 them in that order, so ``_0000`` is always the first present of the list. Fine-tuning and
@@ -77,7 +77,7 @@ def canonical_channel(name: str, *, error: type[BrainsegError] = InputError) -> 
 
 
 def order_channels(names: Iterable[str], *, error: type[BrainsegError] = InputError) -> list[str]:
-    """Canonicalise channel names and sort them into the canonical order of DESIGN §3.
+    """Canonicalise channel names and sort them into the canonical order of docs/DEFINITIONS.md §1-2.
 
     Args:
         names: channel names (aliases allowed), in any order.

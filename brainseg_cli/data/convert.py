@@ -1,4 +1,4 @@
-"""Convert a source dataset into the dataset layout of DESIGN §3 (``brainseg convert``).
+"""Convert a source dataset into the dataset layout of docs/DEFINITIONS.md §1-2 (``brainseg convert``).
 
 :func:`convert_dataset` lists the source cases with the chosen converter
 (:mod:`brainseg_cli.data.converters`), then for every case, in parallel worker processes:
@@ -486,7 +486,7 @@ def _run_cases(todo: list[SourceCase], *, source: SourceDataset, output: Path, w
 
 
 def convert_dataset(*, config: ConvertConfig, progress: Progress | None = None) -> ConvertSummary:
-    """Convert ``config.input`` into a dataset in nnU-Net v2 raw layout (DESIGN §3).
+    """Convert ``config.input`` into a dataset in nnU-Net v2 raw layout (docs/DEFINITIONS.md §1-2).
 
     Args:
         config: the conversion options.

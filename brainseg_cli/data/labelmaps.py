@@ -1,6 +1,6 @@
-"""Label mappings from source conventions to brainseg's canonical labels (DESIGN §3).
+"""Label mappings from source conventions to brainseg's canonical labels (docs/DEFINITIONS.md §1-2).
 
-One :class:`LabelMap` per row of the DESIGN §3 table, registered under a preset name
+One :class:`LabelMap` per row of the docs/DEFINITIONS.md §1-2 table, registered under a preset name
 (``brats2015``, ``brats2017``, ``brats2023``, ``msd``, ``brats2012``, ``lgg``, ``mrbrains18``;
 year aliases such as ``brats2013`` or ``brats2020`` resolve to their generation), plus
 :func:`parse_label_map` for explicit ``"2:1,1:2,3:2,4:3"`` pairs.

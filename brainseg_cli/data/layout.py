@@ -1,4 +1,4 @@
-"""The dataset layout: nnU-Net v2 raw format plus brainseg's ``"brainseg"`` block (DESIGN §3).
+"""The dataset layout: nnU-Net v2 raw format plus brainseg's ``"brainseg"`` block (docs/DEFINITIONS.md §1-2).
 
 ```
 <dataset>/imagesTr/<case>_<cccc><file_ending>   one 3-D file per channel, cccc = 0000, 0001, ...

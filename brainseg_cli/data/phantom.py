@@ -9,7 +9,7 @@ shape, spacing, direction or origin (those only set the world geometry of the re
 - tissue labels (:data:`TISSUE_LABELS`): 0 background (and skull/scalp), 1 CSF (outer rim, sulci,
   interhemispheric fissure, lateral and third ventricles), 2 grey matter (cortex with a folded
   grey/white boundary, deep grey nuclei), 3 white matter;
-- optionally 1-2 tumours, labelled canonically (DESIGN §3): 1 edema around, 3 an enhancing rim,
+- optionally 1-2 tumours, labelled canonically (docs/DEFINITIONS.md §1-2): 1 edema around, 3 an enhancing rim,
   2 a necrotic / non-enhancing core inside the rim (only the larger tumour has a core);
 - per-modality intensities from :data:`CONTRASTS` (relative values times 1000), slight partial-
   volume blur, a smooth multiplicative bias field per channel and Rician noise.
@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 #: Tissue classes of a phantom (name -> label).
 TISSUE_LABELS: dict[str, int] = {"background": 0, "CSF": 1, "grey matter": 2, "white matter": 3}
-#: Canonical tumour classes (DESIGN §3).
+#: Canonical tumour classes (docs/DEFINITIONS.md §1-2).
 TUMOUR_LABELS: dict[str, int] = {"background": 0, "edema": 1, "non-enhancing tumour": 2,
                                  "enhancing tumour": 3}
 #: BraTS evaluation regions in canonical tumour labels.
@@ -345,7 +345,7 @@ def write_phantom_dataset(
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     channels: Sequence[str] | None = None,
 ) -> Path:
-    """Write a phantom dataset in the nnU-Net v2 raw layout (DESIGN §3), atomically.
+    """Write a phantom dataset in the nnU-Net v2 raw layout (docs/DEFINITIONS.md §1-2), atomically.
 
     ``imagesTr/phantom_NNN_CCCC.nii.gz`` (one file per channel), ``labelsTr/phantom_NNN.nii.gz``
     and ``dataset.json`` (``"brainseg": {"source": "phantom", "regions": ...}``).
@@ -411,7 +411,7 @@ class BratsGeneration:
     dtype: str
 
 
-#: BraTS generations :func:`write_phantom_brats` can imitate (DESIGN §3 mappings, inverted).
+#: BraTS generations :func:`write_phantom_brats` can imitate (docs/DEFINITIONS.md §1-2 mappings, inverted).
 BRATS_GENERATIONS: dict[str, BratsGeneration] = {
     "2018": BratsGeneration("Brats18_Phantom_{i:03d}_1",
                             {"T1": "t1", "T1c": "t1ce", "T2": "t2", "FLAIR": "flair", "seg": "seg"},

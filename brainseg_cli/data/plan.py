@@ -88,7 +88,7 @@ MAX_BATCH = 64
 MAX_BATCH_DATASET_FRACTION = 0.05
 #: Foreground-oversampled share of 3-D patches (nnU-Net: one third).
 DEFAULT_FOREGROUND_FRACTION = 1.0 / 3.0
-#: Region sets known by name (canonical labels, DESIGN §3).
+#: Region sets known by name (canonical labels, docs/DEFINITIONS.md §1-2).
 REGION_PRESETS: dict[str, dict[str, list[int]]] = {"brats": {"WT": [1, 2, 3], "TC": [2, 3], "ET": [3]}}
 CONFIGS = ("2d", "3d")
 SLICE_WEIGHTINGS = ("uniform", "foreground")

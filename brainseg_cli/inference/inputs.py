@@ -12,7 +12,7 @@ Accepted inputs (``discover_cases`` decides in this order):
    checkpoint's channel ``cccc`` (``channel_order`` overrides both).
 4. **A folder of image files named by modality** (``<case>_flair.nii.gz``, ``<case>-t1n.nii.gz``,
    ``T1c_subtrMeanDivStd.nii.gz``, ...): the last ``_ - .``-separated token of a file name that is a
-   channel alias (DESIGN §3) names its channel, the text before it names the case (empty: the
+   channel alias (docs/DEFINITIONS.md §1-2) names its channel, the text before it names the case (empty: the
    folder's name). Files naming no channel (``_seg``, ``brainmask``, ...) are ignored.
    A folder whose files name no channel at all holds **one case per file**: 4-D NIfTI files
    (channels last on disk, named like 3.) or 3-D files for a one-channel model.

@@ -28,7 +28,7 @@ from brainseg_cli.io.image import Image, read_tiff, write_tiff
 
 logger = logging.getLogger(__name__)
 
-#: Channel names of a kaggle_3m RGB slice, in sample order (canonical names, DESIGN §3).
+#: Channel names of a kaggle_3m RGB slice, in sample order (canonical names, docs/DEFINITIONS.md §1-2).
 LGG_CHANNELS: tuple[str, ...] = ("T1", "FLAIR", "T1c")
 
 

@@ -6,7 +6,7 @@ Pure functions first (:func:`~brainseg_cli.metrics.overlap.dice`,
 :func:`~brainseg_cli.metrics.lesionwise.lesion_wise`), then
 :func:`~brainseg_cli.metrics.evaluation.evaluate_case` for one case and
 :func:`~brainseg_cli.metrics.evaluation.evaluate_folders` for ``brainseg evaluate``.
-Definitions: DESIGN §4.
+Definitions: docs/DEFINITIONS.md §3.
 """
 
 from brainseg_cli.metrics.evaluation import EvaluateConfig, EvaluationResult, evaluate_case, evaluate_folders

@@ -1,6 +1,6 @@
 """Empty-mask policies: the value of a metric when the reference or the prediction is empty.
 
-DESIGN §4 fixes the table. Overlap metrics are computed from voxel counts, so only ``0 / 0`` needs a
+docs/DEFINITIONS.md §3 fixes the table. Overlap metrics are computed from voxel counts, so only ``0 / 0`` needs a
 policy; distance metrics have no surface to measure when either mask is empty, so every empty case
 needs one. ``D`` is the image diagonal in mm (:func:`image_diagonal`).
 

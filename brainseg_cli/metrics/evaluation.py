@@ -1,4 +1,4 @@
-"""Per-case and folder-level evaluation (``brainseg evaluate``), results.json and CSV (DESIGN §4, §5).
+"""Per-case and folder-level evaluation (``brainseg evaluate``), results.json and CSV (docs/DEFINITIONS.md §3, §5).
 
 :func:`evaluate_case` scores one prediction against its reference for every requested label and
 region; :func:`evaluate_folders` pairs the cases of two folders, scores them (in parallel with
@@ -98,7 +98,7 @@ class EvaluateConfig:
         labels: labels to score (names from ``dataset.json`` or integers); None = every foreground label.
         regions: ``None`` (no regions), ``"dataset"`` (the reference's ``dataset.json`` regions) or ``"brats"`` (WT/TC/ET).
         exclude_labels: labels (names or integers) left out of the foreground mean (still scored).
-        hd95_mode: ``"max"`` (MONAI) or ``"pooled"`` (medpy), DESIGN §4.
+        hd95_mode: ``"max"`` (MONAI) or ``"pooled"`` (medpy), docs/DEFINITIONS.md §3.
         empty_policy: ``"brats"`` or ``"nan"`` (:mod:`brainseg_cli.metrics.empty`).
         nsd_tolerance: NSD tolerance in mm (only with the ``nsd`` metric; None = 1 mm).
         workers: processes scoring cases in parallel (1 = in this process).
@@ -378,7 +378,7 @@ class EvaluationResult:
     foreground_labels: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """The results.json content (DESIGN §5), NaN replaced by None."""
+        """The results.json content (docs/DEFINITIONS.md §5), NaN replaced by None."""
         from brainseg_cli import __version__
 
         data = {

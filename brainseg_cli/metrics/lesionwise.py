@@ -1,4 +1,4 @@
-"""BraTS 2023 lesion-wise Dice and HD95 (DESIGN §4).
+"""BraTS 2023 lesion-wise Dice and HD95 (docs/DEFINITIONS.md §3).
 
 The rules of the challenge's evaluation code (``rachitsaluja/BraTS-2023-Metrics``,
 ``get_lesion_wise_score`` / ``get_lesion_wise_results``), for one structure (WT, TC, ET, or a label):
@@ -22,7 +22,7 @@ The rules of the challenge's evaluation code (``rachitsaluja/BraTS-2023-Metrics`
 The challenge parameters for glioma (BraTS-GLI, also SSA and PED): 3 dilation iterations, 50 mm³
 (= 50 voxels at 1 mm). Meningioma uses 1 and 50, metastases 1 and 2.
 
-Differences from the challenge code, both following DESIGN §4: each lesion's HD95 is this package's
+Differences from the challenge code, both following docs/DEFINITIONS.md §3: each lesion's HD95 is this package's
 voxel-surface HD95 (``max`` or ``pooled``) instead of DeepMind's surfel-area-weighted robust
 Hausdorff; and a missed or false-positive lesion scores D instead of the constant 374.
 """

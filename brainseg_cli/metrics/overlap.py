@@ -1,6 +1,6 @@
 """Overlap metrics from voxel counts: Dice, IoU, sensitivity, specificity, precision, volumes.
 
-Definitions (DESIGN §4), with P the predicted and G the reference mask over the whole image:
+Definitions (docs/DEFINITIONS.md §3), with P the predicted and G the reference mask over the whole image:
 Dice = 2|P∩G| / (|P|+|G|), IoU = |P∩G| / |P∪G|, sensitivity = TP/(TP+FN), specificity =
 TN/(TN+FP), precision = TP/(TP+FP). A ``0 / 0`` is decided by the empty-case policy
 (:mod:`brainseg_cli.metrics.empty`); the values equal MONAI's ``DiceMetric(ignore_empty=False)``
@@ -173,7 +173,7 @@ def overlap_metrics(counts: Confusion, *, policy: EmptyPolicy | str = EmptyPolic
 
     Args:
         counts: the voxel counts.
-        policy: the empty-case policy (DESIGN §4): both masks empty gives Dice, IoU, sensitivity and
+        policy: the empty-case policy (docs/DEFINITIONS.md §3): both masks empty gives Dice, IoU, sensitivity and
             precision 1 (``brats``) or NaN (``nan``); exactly one empty gives sensitivity and
             precision as the counts give them (0, or NaN for 0/0) under ``brats``, NaN under ``nan``.
 
@@ -194,7 +194,7 @@ def overlap_metrics(counts: Confusion, *, policy: EmptyPolicy | str = EmptyPolic
         for key in ("dice", "iou", "sensitivity", "precision"):
             out[key] = value
     elif (c.n_pred == 0 or c.n_ref == 0) and as_policy(policy) is EmptyPolicy.NAN:
-        # DESIGN §4, policy nan: with exactly one mask empty only Dice and IoU (0) stay defined.
+        # docs/DEFINITIONS.md §3, policy nan: with exactly one mask empty only Dice and IoU (0) stay defined.
         out["sensitivity"] = out["precision"] = NAN
     return out
 

@@ -1,6 +1,6 @@
 """The structures an evaluation scores: single labels and regions (unions of labels).
 
-Canonical tumour labels (DESIGN §3): 0 background, 1 edema, 2 non-enhancing / necrotic core,
+Canonical tumour labels (docs/DEFINITIONS.md §1-2): 0 background, 1 edema, 2 non-enhancing / necrotic core,
 3 enhancing tumour; the BraTS regions are WT = {1, 2, 3}, TC = {2, 3}, ET = {3}.
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 
 from brainseg_cli.errors import ConfigError, did_you_mean
 
-#: ``--regions brats``: the BraTS evaluation regions in canonical labels (DESIGN §3).
+#: ``--regions brats``: the BraTS evaluation regions in canonical labels (docs/DEFINITIONS.md §1-2).
 BRATS_REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (2, 3), "ET": (3,)}
 
 

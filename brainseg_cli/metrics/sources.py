@@ -26,7 +26,7 @@ from brainseg_cli.errors import GeometryError, InputError
 
 logger = logging.getLogger(__name__)
 
-#: Label names of a Kaggle-LGG mask (DESIGN §3: 255 -> 1 "FLAIR abnormality").
+#: Label names of a Kaggle-LGG mask (docs/DEFINITIONS.md §1-2: 255 -> 1 "FLAIR abnormality").
 LGG_LABELS: dict[str, int] = {"background": 0, "FLAIR abnormality": 1}
 #: Voxel size assumed for Kaggle-LGG slices (TIFF carries no spacing); ``read_lgg_patient``'s default.
 LGG_SPACING: tuple[float, float, float] = (1.0, 1.0, 1.0)

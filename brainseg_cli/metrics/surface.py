@@ -1,4 +1,4 @@
-"""Surface distances: HD95 (``max`` and ``pooled``), HD, ASSD and NSD (DESIGN §4).
+"""Surface distances: HD95 (``max`` and ``pooled``), HD, ASSD and NSD (docs/DEFINITIONS.md §3).
 
 The surface of a mask is the mask XOR its binary erosion with the face-connected cross (scipy's
 ``generate_binary_structure(ndim, 1)``); the erosion treats everything outside the image as

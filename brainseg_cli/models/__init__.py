@@ -1,7 +1,7 @@
 """Segmentation networks: one architecture per module, a registry, a common stage layout.
 
 Every model is a :class:`SegmentationModel` built with :func:`build_model`; its parameters are
-grouped into the stages of DESIGN §6 (``encoder.K``, ``bottleneck``, ``decoder.K``, ``head``), see
+grouped into the stages of docs/DEFINITIONS.md §6 (``encoder.K``, ``bottleneck``, ``decoder.K``, ``head``), see
 :mod:`brainseg_cli.models.base`. Models return logits; softmax or sigmoid is applied by the loss
 and by inference.
 """

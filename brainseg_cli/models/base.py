@@ -1,7 +1,7 @@
 """The common base of every segmentation network: stage layout, input checks, ``describe()``.
 
 Every architecture is a :class:`SegmentationModel` whose top-level children follow the transfer
-learning vocabulary of DESIGN §6, so that parameter names say which stage they belong to:
+learning vocabulary of docs/DEFINITIONS.md §6, so that parameter names say which stage they belong to:
 
 - ``encoder`` (:class:`torch.nn.ModuleList`): stage ``encoder.K`` is ``encoder[K]``; stage 0
   holds the stem (the first convolution, or UNETR's patch embedding);

@@ -11,7 +11,7 @@ level transposed-convolves by 2, concatenates the projected skip and applies a r
 (Conv3x3x3 -> InstanceNorm -> LeakyReLU, Conv -> Norm, plus a 1x1x1 shortcut when the width
 changes). The skip taps follow the paper (z3, z6, z9); MONAI's implementation taps one block later.
 
-Stages (DESIGN §6): ``encoder.0`` = patch embedding + blocks 1-3, ``encoder.1`` = blocks 4-6,
+Stages (docs/DEFINITIONS.md §6): ``encoder.0`` = patch embedding + blocks 1-3, ``encoder.1`` = blocks 4-6,
 ``encoder.2`` = blocks 7-9, ``encoder.3`` = blocks 10-12, ``bottleneck`` = the final LayerNorm
 (so freezing ``encoder`` freezes the whole ViT), ``decoder.K`` = the projection of the skip of
 level K plus the up-block producing level K (``decoder.0``'s skip projection convolves the raw

@@ -1,4 +1,4 @@
-"""Checkpoint files: one format, one writer, one loader (DESIGN §5).
+"""Checkpoint files: one format, one writer, one loader (docs/DEFINITIONS.md §5).
 
 A checkpoint is one file written by :func:`torch.save` and read back with
 ``torch.load(path, weights_only=True)``, so loading a stranger's file never runs code: it holds only

@@ -19,7 +19,7 @@ target dataset (nnU-Net v2 raw layout) whose channels and labels may differ, and
    pretrained first-layer filters, the first layer is rescaled by ``n_source / n_target``; output
    rows (main and deep-supervision heads) are kept for label (or region) names present in both,
    the others are freshly initialised;
-3. **freezes** the chosen stages (``none``, ``encoder``, ``firstK``; DESIGN §6): frozen
+3. **freezes** the chosen stages (``none``, ``encoder``, ``firstK``; docs/DEFINITIONS.md §6): frozen
    parameters get no gradient and are not given to the optimiser, frozen BatchNorm layers stay in
    eval mode (running statistics unchanged). ``unfreeze_after=E`` releases them at the start of
    epoch E (0-based, i.e. after E epochs) by adding them to the optimiser as a new parameter group;

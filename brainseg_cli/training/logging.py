@@ -1,4 +1,4 @@
-"""Run logs: ``metrics.csv`` (one row per epoch, DESIGN §5) and TensorBoard event files.
+"""Run logs: ``metrics.csv`` (one row per epoch, docs/DEFINITIONS.md §5) and TensorBoard event files.
 
 ``metrics.csv`` columns, in this order::
 

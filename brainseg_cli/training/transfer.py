@@ -1,6 +1,6 @@
 """Transfer learning at the model level: freezing stages, adapting input channels and output heads.
 
-Stage names are those of DESIGN §6 (``encoder.K``, ``bottleneck``, ``decoder.K``, ``head``; see
+Stage names are those of docs/DEFINITIONS.md §6 (``encoder.K``, ``bottleneck``, ``decoder.K``, ``head``; see
 :mod:`brainseg_cli.models.base`). Freeze presets:
 
 - ``none``: everything trains;
@@ -15,7 +15,7 @@ puts them back in training mode, so call :func:`keep_frozen_norms_in_eval` after
 ``model.train()``.
 
 Input-channel adaptation (:func:`adapt_input_channels`). Channels are matched by canonical name
-(DESIGN §3: aliases such as ``t1ce`` = ``T1c`` and case are ignored; names that are no known
+(docs/DEFINITIONS.md §1-2: aliases such as ``t1ce`` = ``T1c`` and case are ignored; names that are no known
 channel match case-insensitively); ``channel_map`` ``{"TARGET": "SOURCE"}`` overrides the matching. For every input layer (a layer
 whose weight has the input channels on dim 1; UNETR has several) with pretrained weight ``W``
 (``(out, n_src, *kernel)``), the new weight ``W'`` (``(out, n_tgt, *kernel)``) is::

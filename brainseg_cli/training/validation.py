@@ -4,7 +4,7 @@ Validation predicts each held-out case *in the preprocessed space* (the plan's s
 normalisation; the same space the network trains in) with the sliding-window code of ``predict``
 (:func:`brainseg_cli.inference.sliding_window_predict`), turns probabilities into labels with
 :func:`brainseg_cli.inference.probabilities_to_labels`, and scores them with the Dice of
-:mod:`brainseg_cli.metrics.overlap` (DESIGN §4, ``brats`` empty policy: both empty = 1).
+:mod:`brainseg_cli.metrics.overlap` (docs/DEFINITIONS.md §3, ``brats`` empty policy: both empty = 1).
 
 *Entities* are what Dice is reported for: the foreground labels (``{name: [value]}``) of a softmax
 model, or the regions (``{"WT": [1, 2, 3], ...}``) of a region-based (sigmoid) model. The mean

@@ -1,4 +1,4 @@
-"""Training curves from ``RUN_DIR/metrics.csv`` (DESIGN §5): losses, validation Dice, learning rate.
+"""Training curves from ``RUN_DIR/metrics.csv`` (docs/DEFINITIONS.md §5): losses, validation Dice, learning rate.
 
 ``metrics.csv`` columns: ``epoch, train_loss, val_loss, val_dice_<label>..., val_dice_mean, lr,
 seconds, data_seconds``; validation cells are empty in epochs without validation, so validation

@@ -1,4 +1,4 @@
-"""Plots of an evaluation's ``results.json`` (DESIGN §5): per-case Dice, Dice box plots, HD95.
+"""Plots of an evaluation's ``results.json`` (docs/DEFINITIONS.md §5): per-case Dice, Dice box plots, HD95.
 
 Figures are drawn with :class:`matplotlib.figure.Figure` on an Agg canvas (no pyplot, no global
 state) and returned as PNG bytes, so the HTML report embeds them without touching the disk.

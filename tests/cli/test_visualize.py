@@ -56,7 +56,7 @@ def dice(pred: np.ndarray, ref: np.ndarray) -> float:
 
 
 def hd95(pred: np.ndarray, ref: np.ndarray, spacing) -> float:
-    """DESIGN §4 HD95 (max of the directed 95th percentiles between cross-eroded surfaces)."""
+    """docs/DEFINITIONS.md §3 HD95 (max of the directed 95th percentiles between cross-eroded surfaces)."""
     from scipy import ndimage
 
     box = ndimage.find_objects((pred | ref).astype(np.uint8))[0]

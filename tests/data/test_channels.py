@@ -1,4 +1,4 @@
-"""Canonical channel names (DESIGN §3)."""
+"""Canonical channel names (docs/DEFINITIONS.md §2)."""
 
 from __future__ import annotations
 

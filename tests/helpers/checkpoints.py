@@ -3,7 +3,7 @@
 :func:`tiny_trained_checkpoint` writes a small phantom tumour dataset (4 cases, 32 x 32 x 24 voxels,
 channels T1, T1c, T2, FLAIR, canonical labels 0-3, BraTS regions) and trains the planned ``unet``
 for a few steps with :func:`brainseg_cli.training.pretrain.pretrain`. The result is a real,
-self-describing checkpoint (DESIGN §5) whose weights are barely trained: tests may rely on its
+self-describing checkpoint (docs/DEFINITIONS.md §5) whose weights are barely trained: tests may rely on its
 format, plan and metadata, not on the quality of its segmentations.
 
 Use it from a session-scoped fixture so the run happens once per test session::

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-#: BraTS 2017-2021 label values -> canonical (DESIGN §3: 2->1, 1->2, 4->3).
+#: BraTS 2017-2021 label values -> canonical (docs/DEFINITIONS.md §2: 2->1, 1->2, 4->3).
 BRATS18_TO_CANONICAL = np.zeros(256, dtype=np.uint8)
 BRATS18_TO_CANONICAL[[1, 2, 4]] = [2, 1, 3]
 

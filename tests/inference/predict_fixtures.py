@@ -1,7 +1,7 @@
 """Checkpoints, plans and input folders for the inference tests (importable as a plain module).
 
 ``tests/helpers`` (training engineer) will provide a shared briefly trained checkpoint; until then
-the inference tests make their own: a tiny ``unet`` saved in the DESIGN §5 format, with random or
+the inference tests make their own: a tiny ``unet`` saved in the docs/DEFINITIONS.md §5 format, with random or
 briefly fitted weights.
 """
 
@@ -58,7 +58,7 @@ def make_network(plan: dict, *, seed: int = 0) -> torch.nn.Module:
 
 
 def save_model_checkpoint(path: Path, plan: dict, network: torch.nn.Module, *, postprocessing=None) -> Path:
-    """Save ``network`` with ``plan`` as a DESIGN §5 checkpoint."""
+    """Save ``network`` with ``plan`` as a docs/DEFINITIONS.md §5 checkpoint."""
     payload = {
         "tool_version": __version__,
         "model": {"name": plan["model"]["name"], "config": dict(network.config)},

@@ -1,4 +1,4 @@
-"""Every cell of the empty-case table (DESIGN §4), for both policies, through the full evaluation path."""
+"""Every cell of the empty-case table (docs/DEFINITIONS.md §3), for both policies, through the full evaluation path."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ SPACING = (1.0, 2.0, 3.0)
 D = image_diagonal(SHAPE, SPACING)
 METRICS = ("dice", "iou", "sensitivity", "precision", "hd95", "hd", "assd", "nsd", "specificity", "volume")
 
-#: (case, policy) -> expected values. The DESIGN §4 table for ``brats``; for ``nan`` every cell of it
+#: (case, policy) -> expected values. The docs/DEFINITIONS.md §3 table for ``brats``; for ``nan`` every cell of it
 #: NaN except Dice/IoU 0 when exactly one mask is empty.
 EXPECTED = {
     ("both", "brats"): {"dice": 1, "iou": 1, "sensitivity": 1, "precision": 1, "hd95": 0, "hd": 0, "assd": 0,

@@ -24,7 +24,7 @@ def _cube(mask: np.ndarray, corner: tuple[int, int, int], size: int) -> None:
 
 def _challenge_reference(pred, gt, spacing, *, dilation=3, threshold=50.0, mode="max"):
     """The steps of BraTS-2023-Metrics ``get_lesion_wise_score`` / ``get_lesion_wise_results``, literally
-    (whole-image arrays, one pass per lesion), with DESIGN §4's HD95 and D in place of DeepMind's HD95 and 374."""
+    (whole-image arrays, one pass per lesion), with docs/DEFINITIONS.md §3's HD95 and D in place of DeepMind's HD95 and 374."""
     full = np.ones((3, 3, 3), dtype=bool)
     struct18 = ndimage.generate_binary_structure(3, 2)
     d_max = image_diagonal(gt.shape, spacing)

@@ -1,4 +1,4 @@
-"""Exactness on real BraTS labels: every metric equals MONAI's and medpy's (issue #8, DESIGN §4).
+"""Exactness on real BraTS labels: every metric equals MONAI's and medpy's (issue #8, docs/DEFINITIONS.md §3).
 
 Two real BraTS 2018 cases (canonical labels, cropped to the tumour box) with five realistic wrong
 predictions each, at isotropic and anisotropic spacing, for the three labels and the WT/TC/ET

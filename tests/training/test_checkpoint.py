@@ -45,7 +45,7 @@ def test_round_trip_converts_numpy_tuples_and_paths(tmp_path):
     assert type(ckpt["training"]["best_val_dice"]) is float
     assert ckpt["training"]["run_dir"] == "/x/run"
     assert torch.equal(ckpt["state_dict"]["w"], torch.arange(4.0))
-    # The file loads with plain torch.load(weights_only=True) too (DESIGN §5).
+    # The file loads with plain torch.load(weights_only=True) too (docs/DEFINITIONS.md §5).
     assert torch.load(path, weights_only=True)["labels"]["core"] == 2
     # Nothing but the checkpoint is left in the folder (no temporary files).
     assert [p.name for p in path.parent.iterdir()] == ["best.pt"]

@@ -76,7 +76,7 @@ def write_tiny_dataset(root: Path, *, n_cases: int = 3, shape=(24, 28, 10), seed
 
 
 def results_json(path: Path, rows: list[dict[str, Any]], *, summary: dict | None = None) -> Path:
-    """Write a results.json in the DESIGN §5 format."""
+    """Write a results.json in the docs/DEFINITIONS.md §5 format."""
     data = {"format_version": 1, "tool_version": "test", "definitions": {"hd95": "max", "surface": "cross"},
             "empty_policy": "brats", "cases": rows, "summary": summary or {}, "missing": [], "extra": []}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,7 +85,7 @@ def results_json(path: Path, rows: list[dict[str, Any]], *, summary: dict | None
 
 
 def metrics_csv(run_dir: Path, *, epochs: int = 6, labels=("edema", "core"), val_every: int = 2) -> Path:
-    """Write a metrics.csv in the DESIGN §5 format with known values (loss 1/epoch, Dice 1 - 1/epoch)."""
+    """Write a metrics.csv in the docs/DEFINITIONS.md §5 format with known values (loss 1/epoch, Dice 1 - 1/epoch)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     header = ["epoch", "train_loss", "val_loss", *[f"val_dice_{n}" for n in labels], "val_dice_mean", "lr",
               "seconds", "data_seconds"]

@@ -1,6 +1,6 @@
 """BraTS case folders of every generation (``brainseg convert brats``).
 
-The generation is detected from the file names (DESIGN §3 has one label mapping per generation):
+The generation is detected from the file names (docs/DEFINITIONS.md §1-2 has one label mapping per generation):
 
 | generation | files | label map |
 |---|---|---|

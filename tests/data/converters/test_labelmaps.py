@@ -1,4 +1,4 @@
-"""Label-map presets (DESIGN §3) and explicit mappings."""
+"""Label-map presets (docs/DEFINITIONS.md §2) and explicit mappings."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from brainseg_cli.data.labelmaps import LABEL_MAPS, get_label_map, parse_label_map, used_labels
 from brainseg_cli.errors import ConfigError, InputError, RegistryError
 
-# Independent copy of the DESIGN §3 table: preset -> {source: canonical}.
+# Independent copy of the docs/DEFINITIONS.md §2 table: preset -> {source: canonical}.
 DESIGN = {
     "brats2015": {0: 0, 1: 2, 2: 1, 3: 2, 4: 3},
     "brats2017": {0: 0, 1: 2, 2: 1, 4: 3},

@@ -1,7 +1,7 @@
 """Every dataset in ../shared/data that has a converter, converted and checked voxel by voxel.
 
 Checks: canonical label k holds exactly the voxels of its source label(s) (mapping written out
-here from DESIGN §3, independently of the library), geometry equal to the source to 1e-5 mm,
+here from docs/DEFINITIONS.md §2, independently of the library), geometry equal to the source to 1e-5 mm,
 channel order and names (each output channel equals its source file/volume). Subsets of the
 BraTS data are linked into tmp_path to keep the suite fast; the full BraTS 2018 set is `slow`.
 """
