@@ -139,6 +139,52 @@ class PlanOverrides:
     batch_dice: bool | None = None
     """Dice loss over the whole batch (one Dice per channel) instead of per sample (default: per sample)."""
 
+    def __post_init__(self) -> None:
+        check_overrides(self)
+
+
+def check_overrides(ov: PlanOverrides) -> None:
+    """Check the type and range of every given override (values the planner would compute with).
+
+    Raises:
+        ConfigError: one line naming the option and its value.
+    """
+    def bad(name: str, expected: str) -> ConfigError:
+        return ConfigError(f"{name} must be {expected}, got {getattr(ov, name)!r:.120}")
+
+    def sequence(value: Any) -> bool:
+        return isinstance(value, (list, tuple))
+
+    if ov.config is not None and ov.config not in CONFIGS:
+        raise bad("config", "2d or 3d")
+    for name in ("model", "orientation", "normalization", "regions", "slice_weighting"):
+        if getattr(ov, name) is not None and not isinstance(getattr(ov, name), str):
+            raise bad(name, "a name")
+    if ov.model_config is not None and not isinstance(ov.model_config, Mapping):
+        raise bad("model_config", "a mapping of model options")
+    if ov.patch_size is not None and not (sequence(ov.patch_size) and len(ov.patch_size) in (2, 3)
+                                          and all(_is_int(p) and p > 0 for p in ov.patch_size)):
+        raise bad("patch_size", "2 (2-D) or 3 (3-D) positive integers")
+    if ov.batch_size is not None and not (_is_int(ov.batch_size) and ov.batch_size > 0):
+        raise bad("batch_size", "a positive integer")
+    if ov.target_spacing is not None and not (sequence(ov.target_spacing) and len(ov.target_spacing) == 3
+                                              and all(_is_positive_number(v) for v in ov.target_spacing)):
+        raise bad("target_spacing", "3 positive, finite spacings in mm")
+    if ov.slice_axis is not None and not (_is_int(ov.slice_axis) and ov.slice_axis in (0, 1, 2)):
+        raise bad("slice_axis", "0, 1 or 2")
+    if ov.slice_context is not None and not (_is_int(ov.slice_context) and 0 <= ov.slice_context <= MAX_SLICE_CONTEXT):
+        raise bad("slice_context", f"an integer in 0..{MAX_SLICE_CONTEXT}")
+    for name in ("memory_gb", "step_seconds", "cpu_gflops"):
+        if getattr(ov, name) is not None and not _is_positive_number(getattr(ov, name)):
+            raise bad(name, "a positive, finite number")
+    for name in ("crop_to_brain", "deep_supervision", "drop_edge_slices", "batch_dice"):
+        if getattr(ov, name) is not None and not isinstance(getattr(ov, name), bool):
+            raise bad(name, "true or false")
+    fraction = ov.foreground_fraction
+    if fraction is not None and not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
+                                     and 0.0 <= fraction <= 1.0):
+        raise bad("foreground_fraction", "a number in [0, 1]")
+
 
 # ---------------------------------------------------------------------------------------------
 # network cost
@@ -533,14 +579,18 @@ def make_plan(
     median_plane = [float(median_shape_at(target)[a]) for a in spatial_axes]
     if ov.patch_size is not None:
         patch = [int(p) for p in ov.patch_size]
-        cfg = _model_config(model_name, dims, patch, plane_target, base_cfg)
-        padded = _pad_up(patch, _divisor(model_name, dims, in_channels, num_outputs, cfg))
-        if padded != patch:
-            decisions["patch_size"] = f"given {patch}, padded to {padded} (multiple of the size divisor)"
-        else:
-            decisions["patch_size"] = "given"
-        patch = padded
-        cfg, est = estimate(patch, batch_given or min_batch, plane_target)
+        try:
+            cfg = _model_config(model_name, dims, patch, plane_target, base_cfg)
+            padded = _pad_up(patch, _divisor(model_name, dims, in_channels, num_outputs, cfg))
+            if padded != patch:
+                decisions["patch_size"] = f"given {patch}, padded to {padded} (multiple of the size divisor)"
+            else:
+                decisions["patch_size"] = "given"
+            patch = padded
+            cfg, est = estimate(patch, batch_given or min_batch, plane_target)
+        except ConfigError as exc:
+            raise ConfigError(f"patch size {'x'.join(map(str, ov.patch_size))} does not fit model '{model_name}' "
+                              f"at {'x'.join(f'{s:g}' for s in plane_target)} mm: {exc}") from None
     else:
         sp_iso = 1.0 / np.asarray(plane_target)
         volume = 256.0 ** 3 if dims == 3 else 2048.0 ** 2
@@ -660,11 +710,73 @@ _REQUIRED = ("format_version", "config", "channels", "labels", "orientation", "t
              "regions")
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def check_plan_values(plan: Mapping[str, Any], *, what: str = "plan") -> None:
+    """Check the value of every plan key that prediction and training compute with.
+
+    Args:
+        plan: a plan dict (keys as written by :func:`make_plan`).
+        what: the file it came from, named in the message.
+
+    Raises:
+        InputError: one line naming ``what``, the key and its value.
+    """
+    def bad(key: str, expected: str) -> InputError:
+        return InputError(f"{what}: plan key {key} must be {expected}, got {plan.get(key)!r:.120}")
+
+    dims = 2 if plan.get("config") == "2d" else 3
+    patch = plan.get("patch_size")
+    if not isinstance(patch, (list, tuple)) or len(patch) != dims or not all(_is_int(p) and p > 0 for p in patch):
+        raise bad("patch_size", f"{dims} positive integers (a {plan.get('config')} plan)")
+    if not (_is_int(plan.get("batch_size")) and plan["batch_size"] > 0):
+        raise bad("batch_size", "a positive integer")
+    spacing = plan.get("target_spacing")
+    if not isinstance(spacing, (list, tuple)) or len(spacing) != 3 or not all(_is_positive_number(v) for v in spacing):
+        raise bad("target_spacing", "3 positive, finite spacings in mm")
+    axis = plan.get("slice_axis")
+    if (dims == 2 or axis is not None) and (axis not in (0, 1, 2) or isinstance(axis, bool)):
+        raise bad("slice_axis", "0, 1 or 2" + ("" if dims == 2 else " (or null for a 3-D plan)"))
+    context = plan.get("slice_context", 0)
+    if not (_is_int(context) and 0 <= context and (context == 0 or dims == 2)):
+        raise bad("slice_context", "a non-negative integer (2-D plans only)")
+    channels = plan.get("channels")
+    if not isinstance(channels, list) or not channels or not all(isinstance(c, str) and c for c in channels):
+        raise bad("channels", "a non-empty list of channel names")
+    labels = plan.get("labels")
+    if not isinstance(labels, Mapping) or not labels or not all(_is_int(v) and v >= 0 for v in labels.values()):
+        raise bad("labels", "a mapping of label names to non-negative integers")
+    orientation = plan.get("orientation")
+    if not (isinstance(orientation, str) and len(orientation) == 3):
+        raise bad("orientation", "three axis codes such as 'RAS'")
+    if not isinstance(plan.get("crop_to_brain"), bool):
+        raise bad("crop_to_brain", "true or false")
+    if not isinstance(plan.get("region_based"), bool):
+        raise bad("region_based", "true or false")
+    regions = plan.get("regions")
+    if not isinstance(regions, Mapping) or not all(
+            isinstance(v, list) and v and all(_is_int(x) for x in v) for v in regions.values()):
+        raise bad("regions", "a mapping of region names to lists of labels")
+    norm = plan.get("normalization")
+    if not isinstance(norm, list) or len(norm) != len(channels) or not all(isinstance(n, Mapping) for n in norm):
+        raise bad("normalization", f"one entry per channel ({len(channels)})")
+    model = plan.get("model")
+    if not (isinstance(model, Mapping) and isinstance(model.get("name"), str) and isinstance(model.get("config"), Mapping)):
+        raise bad("model", "{'name': str, 'config': {...}, ...}")
+
+
 def validate_plan(plan: Any, *, what: str = "plan") -> dict[str, Any]:
     """Check that ``plan`` has the keys and value types of a plan; return it as a dict.
 
     Raises:
-        InputError: a key is missing or the version/config is unsupported (names ``what``).
+        InputError: a key is missing, a value is invalid (:func:`check_plan_values`) or the
+            version/config is unsupported (names ``what``).
     """
     if not isinstance(plan, dict):
         raise InputError(f"{what}: a plan must be a JSON object, got {type(plan).__name__}")
@@ -676,8 +788,9 @@ def validate_plan(plan: Any, *, what: str = "plan") -> dict[str, Any]:
     if plan["config"] not in CONFIGS:
         raise InputError(f"{what}: plan config {plan['config']!r} is not 2d or 3d")
     dims = 2 if plan["config"] == "2d" else 3
-    if len(plan["patch_size"]) != dims:
+    if not isinstance(plan["patch_size"], (list, tuple)) or len(plan["patch_size"]) != dims:
         raise InputError(f"{what}: a {plan['config']} plan needs {dims} patch sizes, got {plan['patch_size']}")
+    check_plan_values(plan, what=what)
     return plan
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from brainseg_cli.data.plan import check_plan_values
 from brainseg_cli.errors import CheckpointError, ConfigError, InputError
 from brainseg_cli.inference.postprocess import (
     agreed_groups,
@@ -135,8 +136,10 @@ def load_member(path: str | os.PathLike[str], *, device: torch.device) -> Ensemb
     if isinstance(context, bool) or not isinstance(context, int) or context < 0 or (context and plan["config"] != "2d"):
         raise CheckpointError(f"checkpoint {path}: slice_context must be a non-negative integer (2-D plans only), "
                               f"got {context!r}")
-    if len(plan["patch_size"]) != (2 if plan["config"] == "2d" else 3):
-        raise CheckpointError(f"checkpoint {path}: patch size {plan['patch_size']} does not fit a {plan['config']} plan")
+    try:
+        check_plan_values(plan, what=f"checkpoint {path}")
+    except InputError as exc:
+        raise CheckpointError(str(exc)) from None
     if list(ckpt["channels"]) != list(plan["channels"]):
         raise CheckpointError(f"checkpoint {path}: channels {ckpt['channels']} differ from its plan's {plan['channels']}")
     _check_region_thresholds(ckpt, path)

@@ -328,6 +328,7 @@ class _CaseTask:
     structures: tuple[Structure, ...]
     config: EvaluateConfig
     discover_labels: bool
+    defined_values: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -339,9 +340,31 @@ class _CaseOutcome:
     spacing: tuple[float, ...]
 
 
+def undefined_labels(array: np.ndarray, defined: Sequence[int]) -> dict[int, int]:
+    """Label values in ``array`` that are not in ``defined``, with their voxel counts (``{}`` if none).
+
+    Cheap for the common case (values 0..K all defined): only the minimum and maximum are read.
+    """
+    known = {int(v) for v in defined}
+    if array.size == 0:
+        return {}
+    lo, hi = int(array.min()), int(array.max())
+    if lo >= 0 and set(range(lo, hi + 1)) <= known:
+        return {}
+    values, counts = np.unique(array, return_counts=True)
+    return {int(v): int(c) for v, c in zip(values.tolist(), counts.tolist()) if int(v) not in known}
+
+
 def _run_case(task: _CaseTask) -> _CaseOutcome:
     """Read and score one case (runs in a worker process when ``workers`` > 1)."""
     ref_image, pred_array = read_case_pair(task.case, task.ref, task.pred)
+    if task.pred is not None and task.defined_values is not None:
+        undefined = undefined_labels(pred_array, task.defined_values)
+        if undefined:
+            listing = ", ".join(f"{v} ({n} voxels)" for v, n in undefined.items())
+            raise InputError(f"case {task.case}: prediction {task.pred.cases[task.case]} holds label(s) {listing} that "
+                             f"the reference {task.ref.root} does not define (labels {list(task.defined_values)}); "
+                             "a label the reference cannot hold would be scored as nothing")
     spacing = tuple(ref_image.spacing)
     rows, present = _score_structures(pred_array, ref_image.array, task.structures, spacing=spacing,
                                       config=task.config, discover_labels=task.discover_labels)
@@ -559,6 +582,7 @@ def evaluate_folders(
         raise ConfigError("evaluate needs both a reference (--ref) and a prediction (--pred) folder")
     ref_src = open_source(Path(config.ref), role="reference")
     pred_src = open_source(Path(config.pred), role="prediction")
+    check_output_paths({"-o": config.output, "--csv": config.csv}, sources=(ref_src, pred_src))
     logger.info("reference: %s %s; prediction: %s %s", config.ref, ref_src.description, config.pred,
                 pred_src.description)
     if ref_src.kind != pred_src.kind:
@@ -607,7 +631,8 @@ def evaluate_folders(
         _check_excluded(excluded, label_list)
 
     tasks = [_CaseTask(case=case, ref=ref_src, pred=pred_src if case in pred_src.cases else None,
-                       structures=tuple(label_list + regions), config=config, discover_labels=discover)
+                       structures=tuple(label_list + regions), config=config, discover_labels=discover,
+                       defined_values=tuple(sorted(set(names.values()))) if names is not None else None)
              for case in sorted(ref_src.cases)]
     outcomes = _run_tasks(tasks, workers=config.workers, progress=progress)
 
@@ -654,6 +679,35 @@ def evaluate_folders(
     if config.csv is not None:
         _write_text(Path(config.csv), result.to_csv())
     return result
+
+
+def check_output_paths(outputs: Mapping[str, Path | None], *, sources: Sequence[LabelSource]) -> None:
+    """Refuse output files that would overwrite an input, or each other.
+
+    Args:
+        outputs: option name -> the file it names (None: not written).
+        sources: the reference and prediction sources (:func:`open_source`).
+
+    Raises:
+        ConfigError: two options name the same file.
+        InputError: an output names a label file of a source, its ``dataset.json``, or a file inside a
+            Kaggle-LGG patient folder of a source.
+    """
+    given = {option: Path(path).resolve() for option, path in outputs.items() if path is not None}
+    seen: dict[Path, str] = {}
+    for option, path in given.items():
+        if path in seen:
+            raise ConfigError(f"{seen[path]} and {option} both name {path}; give two different files")
+        seen[path] = option
+    for src in sources:
+        role = "reference" if src is sources[0] else "prediction"
+        inputs = {Path(p).resolve() for p in src.cases.values()}
+        inputs |= {(folder / "dataset.json").resolve() for folder in (Path(src.root), Path(src.root).parent)}
+        for option, path in given.items():
+            inside_patient = src.kind == "lgg" and any(path.is_relative_to(folder) for folder in inputs)
+            if path in inputs or inside_patient:
+                raise InputError(f"{option} {path}: this is an input of the {role} {src.root}; "
+                                 "writing the results there would overwrite it")
 
 
 def _check_excluded(excluded: Sequence[int], labels: Sequence[Structure]) -> None:

@@ -157,6 +157,36 @@ _LOAD_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+#: Leading bytes of files people give by mistake, and what they are.
+_FOREIGN_MAGIC = (
+    (b"\x1f\x8b", "it is a gzip file (a .nii.gz image?)"),
+    (b"\\\x01\x00\x00", "it is a NIfTI-1 image"),
+    (b"\x00\x00\x01\\", "it is a NIfTI-1 image"),
+    (b"\x89HDF", "it is an HDF5 file (a Keras/TensorFlow model?)"),
+    (b"\x08", "it looks like a protobuf file (an ONNX model?)"),
+    (b"ObjectType", "it is a MetaImage (.mha) file"),
+    (b"{", "it is a JSON file"),
+)
+
+
+def _not_a_torch_file(path: Path) -> str | None:
+    """Why ``path`` is not a ``torch.save`` file, judged from its first bytes; None when it may be one.
+
+    ``torch.save`` writes a zip archive (``PK\\x03\\x04``; an empty archive ``PK\\x05\\x06``) or, in the
+    legacy format, a pickle (protocol marker ``\\x80``).
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if not head:
+        return "the file is empty"
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x80")):
+        return None
+    for magic, what in _FOREIGN_MAGIC:
+        if head.startswith(magic):
+            return what
+    return f"it is not a torch file (it starts with {head[:8]!r})"
+
+
 def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and validate a checkpoint without unpickling arbitrary objects.
 
@@ -177,6 +207,9 @@ def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
         raise CheckpointError(f"checkpoint {source} not found")
     if not source.is_file():
         raise CheckpointError(f"checkpoint {source} is not a file")
+    foreign = _not_a_torch_file(source)
+    if foreign:
+        raise CheckpointError(f"checkpoint {source} is not a brainseg checkpoint: {foreign}")
     try:
         with warnings.catch_warnings():
             # A foreign pickle may use a protocol torch warns about; the load fails or succeeds anyway.
@@ -184,9 +217,12 @@ def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
             data = torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.<>]+)", str(exc))
-        detail = f" (it refers to {found.group(1)})" if found else ""
+        if not found:  # not a refused object: bytes that are no pickle at all
+            message = " ".join(str(exc).split())[-160:]
+            raise CheckpointError(f"checkpoint {source} is not a brainseg checkpoint: it is not a readable torch "
+                                  f"file ({message})") from None
         raise CheckpointError(
-            f"checkpoint {source} holds objects that are not plain data and was refused{detail}"
+            f"checkpoint {source} holds objects that are not plain data and was refused (it refers to {found.group(1)})"
         ) from None
     except _LOAD_ERRORS as exc:
         message = " ".join(str(exc).split())[:200]

@@ -144,10 +144,17 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _positive_int(name: str, value: Any, *, allow_zero: bool = False) -> None:
+#: Upper bound of counts (epochs, steps per epoch, ...): far above any run, below what the step
+#: arithmetic (int64 step counters, float schedules) handles.
+MAX_COUNT = 1_000_000
+
+
+def _positive_int(name: str, value: Any, *, allow_zero: bool = False, maximum: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
         bound = ">= 0" if allow_zero else ">= 1"
-        raise ConfigError(f"{name} must be an integer {bound}, got {value!r}")
+        raise ConfigError(f"{name} must be an integer {bound}, got {value!r:.60}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum}, got {value!r:.60}")
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -162,13 +169,16 @@ def validate(config: TrainConfig) -> None:
     Raises:
         ConfigError: one line naming the option and the offending value.
     """
-    _positive_int("epochs", config.epochs)
-    _positive_int("iterations_per_epoch", config.iterations_per_epoch)
-    _positive_int("val_every", config.val_every)
-    if config.max_time_min is not None and not config.max_time_min > 0:
-        raise ConfigError(f"max_time_min must be positive, got {config.max_time_min!r}")
+    _positive_int("epochs", config.epochs, maximum=MAX_COUNT)
+    _positive_int("iterations_per_epoch", config.iterations_per_epoch, maximum=MAX_COUNT)
+    _positive_int("val_every", config.val_every, maximum=MAX_COUNT)
+    if config.max_time_min is not None and not (isinstance(config.max_time_min, (int, float))
+                                                and not isinstance(config.max_time_min, bool)
+                                                and 0 < config.max_time_min <= MAX_COUNT):
+        raise ConfigError(f"max_time_min must be a positive number of minutes (at most {MAX_COUNT}), "
+                          f"got {config.max_time_min!r:.60}")
     if config.patience is not None:
-        _positive_int("patience", config.patience)
+        _positive_int("patience", config.patience, maximum=MAX_COUNT)
     _choice("optimizer", config.optimizer, OPTIMIZERS)
     if config.schedule is not None:
         _choice("schedule", config.schedule, SCHEDULES)
@@ -248,7 +258,30 @@ def read_options_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         if isinstance(value, dict) and name != "model_config":
             raise ConfigError(f"options file {source}: option '{key}' must be a value, got a table")
         out[name] = value
+    _check_option_values(out, source=source)
     return out
+
+
+def _check_option_values(options: Mapping[str, Any], *, source: Path) -> None:
+    """Check each value of an options file on its own, so that the message names the file and the key.
+
+    Raises:
+        ConfigError: ``options file FILE: KEY must be ..., got VALUE``.
+    """
+    from brainseg_cli.data.plan import PlanOverrides
+
+    train_names = set(train_config_fields())
+    train = {k: v for k, v in options.items() if k in train_names}
+    try:
+        for name, value in train.items():
+            if isinstance(value, list):
+                raise ConfigError(f"{name} takes one value, got {value!r}")
+        TrainConfig(**train)  # together: some checks relate two options (fold < folds)
+        for name, value in options.items():
+            if name not in train_names:
+                PlanOverrides(**{name: tuple(value) if isinstance(value, list) else value})
+    except ConfigError as exc:
+        raise ConfigError(f"options file {source}: {exc}") from None
 
 
 def resolve_options(

@@ -169,3 +169,62 @@ def test_expand_arguments() -> None:
     assert expand_arguments(["--regions", "--json"]) == ["--regions", "dataset", "--json"]
     assert expand_arguments(["--regions"]) == ["--regions", "dataset"]
     assert expand_arguments(["--regions", "brats", "-o", "x"]) == ["--regions", "brats", "-o", "x"]
+
+
+def test_outputs_that_name_an_input_are_refused_and_the_input_is_untouched(brats_folders, tmp_path: Path) -> None:
+    """Issue #20: ``-o`` or ``--csv`` naming a prediction or reference file overwrote it with the results."""
+    ref_dir, pred_dir, _ = brats_folders
+    target = pred_dir / f"{CASES[0]}.nii.gz"
+    before = {p: p.read_bytes() for p in (target, ref_dir / f"{CASES[1]}.nii.gz")}
+    for option, path, role in (("-o", target, "prediction"), ("--csv", ref_dir / f"{CASES[1]}.nii.gz", "reference")):
+        res = runner.invoke(app, ["evaluate", "--ref", str(ref_dir), "--pred", str(pred_dir), option, str(path)])
+        assert res.exit_code == 1, res.output
+        assert res.stderr.strip().splitlines()[-1:] == [
+            f"error: {option} {path.resolve()}: this is an input of the {role} {ref_dir if role == 'reference' else pred_dir}; "
+            "writing the results there would overwrite it"]
+    assert {p: p.read_bytes() for p in before} == before
+    same = tmp_path / "both.json"
+    res = runner.invoke(app, ["evaluate", "--ref", str(ref_dir), "--pred", str(pred_dir), "-o", str(same), "--csv", str(same)])
+    assert res.exit_code == 2 and f"-o and --csv both name {same.resolve()}" in res.stderr and not same.exists()
+    # a results file beside the predictions (not one of them) is fine
+    beside = pred_dir / "results.json"
+    res = runner.invoke(app, ["evaluate", "--ref", str(ref_dir), "--pred", str(pred_dir), "-o", str(beside)])
+    assert res.exit_code == 0, res.stderr
+    beside.unlink()
+
+
+def test_a_prediction_label_the_reference_does_not_define_is_refused(tmp_path: Path) -> None:
+    """Issue #20: a prediction holding label 7 was scored silently (its voxels counted as nothing)."""
+    import json as _json
+
+    ref_dir, pred_dir = _small(tmp_path)
+    labels = {"background": 0, "outer": 1, "inner": 2}
+    (tmp_path / "ds" / "labelsTr").mkdir(parents=True)
+    for case in ("a", "b"):
+        (ref_dir / f"{case}.nii.gz").rename(tmp_path / "ds" / "labelsTr" / f"{case}.nii.gz")
+        write_image(Image(np.zeros((10, 10, 8), np.float32), (1.0, 1.0, 1.0)),
+                    tmp_path / "ds" / "imagesTr" / f"{case}_0000.nii.gz")
+    (tmp_path / "ds" / "dataset.json").write_text(_json.dumps({
+        "channel_names": {"0": "T1"}, "labels": labels, "numTraining": 2, "file_ending": ".nii.gz"}))
+    bad = read_image(pred_dir / "b.nii.gz")
+    array = np.asarray(bad.array).copy()
+    array[0, 0, :3] = 7
+    write_image(bad.with_array(array), pred_dir / "b.nii.gz")
+    res = runner.invoke(app, ["evaluate", "--ref", str(tmp_path / "ds"), "--pred", str(pred_dir)])
+    assert res.exit_code == 1 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1:] == [
+        f"error: case b: prediction {pred_dir / 'b.nii.gz'} holds label(s) 7 (3 voxels) that the reference "
+        f"{tmp_path / 'ds'} does not define (labels [0, 1, 2]); a label the reference cannot hold would "
+        "be scored as nothing"]
+    array[0, 0, :3] = 2
+    write_image(bad.with_array(array), pred_dir / "b.nii.gz")
+    assert runner.invoke(app, ["evaluate", "--ref", str(tmp_path / "ds"), "--pred", str(pred_dir)]).exit_code == 0
+
+
+def test_undefined_labels() -> None:
+    from brainseg_cli.metrics.evaluation import undefined_labels
+
+    assert undefined_labels(np.array([0, 1, 2, 2]), [0, 1, 2]) == {}
+    assert undefined_labels(np.array([0, 1, 7, 7]), [0, 1, 2]) == {7: 2}
+    assert undefined_labels(np.array([0, 3]), [0, 1, 3]) == {}
+    assert undefined_labels(np.array([0, 2, -1]), [0, 1, 2]) == {-1: 1}

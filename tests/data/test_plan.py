@@ -165,26 +165,30 @@ def test_regions_and_other_models():
     assert all(p % d == 0 for p, d in zip(other["patch_size"], divisor(other)))
 
 
-@pytest.mark.parametrize("ov, message", [
-    (PlanOverrides(config="4d"), "unknown config '4d'"),
-    (PlanOverrides(regions="brats"), "regions 'brats' use label"),
-    (PlanOverrides(regions="lobes"), "unknown regions 'lobes'"),
-    (PlanOverrides(patch_size=(64, 64)), "needs 3 positive values"),
-    (PlanOverrides(slice_axis=1), "only meaningful for a 2d plan"),
-    (PlanOverrides(normalization="minmax"), "unknown normalization 'minmax'"),
-    (PlanOverrides(orientation="LPX"), "invalid axis code"),
-    (PlanOverrides(memory_gb=0.0), "must be positive"),
-    (PlanOverrides(model="unet2d-classic"), "does not support 3d"),
-    (PlanOverrides(slice_weighting="tumour"), "unknown slice weighting"),
-    (PlanOverrides(foreground_fraction=1.5), "foreground fraction must be in"),
-    (PlanOverrides(batch_size=0), "batch size must be positive"),
-    (PlanOverrides(batch_dice="no"), "batch_dice must be true or false, got 'no'"),
-    (PlanOverrides(crop_to_brain=1), "crop_to_brain must be true or false, got 1"),
+@pytest.mark.parametrize("given, message", [
+    ({"config": "4d"}, r"config must be 2d or 3d, got '4d'"),
+    ({"regions": "brats"}, "regions 'brats' use label"),
+    ({"regions": "lobes"}, "unknown regions 'lobes'"),
+    ({"patch_size": (64, 64)}, "needs 3 positive values"),
+    ({"patch_size": (64, "x")}, r"patch_size must be 2 \(2-D\) or 3 \(3-D\) positive integers, got \(64, 'x'\)"),
+    ({"patch_size": (7, 7), "config": "2d"}, r"patch size 7x7 does not fit model 'unet' at 1x1 mm: .*strides needs at "
+                                             "least two stages"),
+    ({"slice_axis": 1}, "only meaningful for a 2d plan"),
+    ({"normalization": "minmax"}, "unknown normalization 'minmax'"),
+    ({"orientation": "LPX"}, "invalid axis code"),
+    ({"memory_gb": 0.0}, r"memory_gb must be a positive, finite number, got 0.0"),
+    ({"model": "unet2d-classic"}, "does not support 3d"),
+    ({"slice_weighting": "tumour"}, "unknown slice weighting"),
+    ({"foreground_fraction": 1.5}, r"foreground_fraction must be a number in \[0, 1\], got 1.5"),
+    ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+    ({"target_spacing": (1.0, 0.0, float("nan"))}, r"target_spacing must be 3 positive, finite spacings in mm"),
+    ({"batch_dice": "no"}, "batch_dice must be true or false, got 'no'"),
+    ({"crop_to_brain": 1}, "crop_to_brain must be true or false, got 1"),
 ])
-def test_invalid_overrides(ov, message):
+def test_invalid_overrides(given, message):
     small = info(labels={"background": 0, "lesion": 1}, regions={})
     with pytest.raises(ConfigError, match=message):
-        make_plan(fingerprint=fingerprint(), info=small, overrides=ov, device="cpu")
+        make_plan(fingerprint=fingerprint(), info=small, overrides=PlanOverrides(**given), device="cpu")
 
 
 def test_unknown_device():
@@ -244,5 +248,5 @@ def test_slice_context_multiplies_the_input_channels_of_2d_plans():
     with pytest.raises(ConfigError, match="a slice context is only meaningful for a 2d plan"):
         make_plan(fingerprint=fp, info=info(), device="cpu", overrides=PlanOverrides(config="3d", slice_context=1))
     for bad in (-1, 4, True, 1.5):
-        with pytest.raises(ConfigError, match=r"slice context must be an integer in 0\.\.3, got"):
+        with pytest.raises(ConfigError, match=r"slice_context must be an integer in 0\.\.3, got"):
             make_plan(fingerprint=fp, info=info(), device="cpu", overrides=PlanOverrides(config="2d", slice_context=bad))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -320,3 +323,40 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             resolve_device("cuda:0")
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("patch_size", [-5, 0, 4], "plan key patch_size must be 3 positive integers (a 3d plan), got [-5, 0, 4]"),
+    ("target_spacing", [0, -1, float("nan")], "plan key target_spacing must be 3 positive, finite spacings in mm, "
+                                              "got [0, -1, nan]"),
+    ("batch_size", 0, "plan key batch_size must be a positive integer, got 0"),
+    ("crop_to_brain", "yes", "plan key crop_to_brain must be true or false, got 'yes'"),
+])
+def test_a_checkpoint_plan_with_nonsense_values_is_named(tmp_path, key, value, expected):
+    """Issue #20: a plan with ``patch_size [-5, 0]`` or ``target_spacing [0, -1, nan]`` gave 'unexpected ZeroDivisionError'."""
+    from brainseg_cli.training.checkpoint import load_checkpoint, save_checkpoint
+
+    path = random_checkpoint(tmp_path / "m.pt")
+    ckpt = load_checkpoint(path)
+    ckpt["plan"][key] = value
+    save_checkpoint(path, ckpt)
+    with pytest.raises(CheckpointError) as info:
+        Predictor.from_checkpoints([path], device="cpu")
+    assert str(info.value) == f"checkpoint {path}: {expected}"
+
+
+def test_a_plan_file_with_nonsense_values_is_named(tmp_path):
+    """Issue #20: ``pretrain --resume`` on a plan.json holding ``patch_size [-3, "x"]``, ``batch_size 0``, spacing 0."""
+    from brainseg_cli.data.plan import load_plan, save_plan
+    from brainseg_cli.training.checkpoint import load_checkpoint
+
+    plan = load_checkpoint(random_checkpoint(tmp_path / "m.pt"))["plan"]
+    plan["sampling"] = {"foreground_fraction": 0.33, "slice_weighting": "uniform", "drop_edge_slices": False}
+    path = save_plan(plan, tmp_path / "plan.json")
+    assert load_plan(path) == json.loads(path.read_text())
+    for key, value, expected in (("patch_size", [-3, "x", 2], "3 positive integers"), ("batch_size", 0, "a positive integer"),
+                                 ("target_spacing", [0, 1, 1], "3 positive, finite spacings in mm"),
+                                 ("slice_axis", 5, "0, 1 or 2 (or null for a 3-D plan)")):
+        save_plan({**plan, key: value}, path)
+        with pytest.raises(InputError, match=rf"^{re.escape(str(path))}: plan key {key} must be {re.escape(expected)}"):
+            load_plan(path)

@@ -108,9 +108,32 @@ def test_missing_file(tmp_path):
 def test_not_a_torch_file(tmp_path):
     path = tmp_path / "notes.pt"
     path.write_text("hello, I am text\n")
-    with pytest.raises(CheckpointError, match=r"notes\.pt is not a readable torch checkpoint") as info:
+    with pytest.raises(CheckpointError, match=r"notes\.pt is not a brainseg checkpoint: it is not a torch file "
+                                              r"\(it starts with b'hello, I'\)") as info:
         load_checkpoint(path)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("content, what", [
+    (None, "it is a gzip file (a .nii.gz image?)"),
+    (bytes(range(7, 250)) * 3, "it is not a torch file (it starts with b'\\x07\\x08"),
+    (b"", "the file is empty"),
+    (b'{"labels": {}}', "it is a JSON file"),
+])
+def test_files_given_by_mistake_are_named(tmp_path, content, what):
+    """Issue #20: ``--model`` given random bytes or a .nii.gz said it "holds objects that are not plain data"."""
+    path = tmp_path / "model.pt"
+    if content is None:
+        from brainseg_cli.io import Image, write_image
+        import numpy as np
+
+        path = tmp_path / "image.nii.gz"
+        write_image(Image(np.zeros((4, 4, 4), np.uint8), (1.0, 1.0, 1.0)), path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value).startswith(f"checkpoint {path} is not a brainseg checkpoint: {what}")
 
 
 def test_truncated_file(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -42,7 +43,10 @@ def test_defaults_and_docstrings():
         ({"device": "gpu"}, r"device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
         ({"precision": "fp64"}, r"precision must be one of auto, fp32, bf16, fp16"),
         ({"lr": -1.0}, r"lr must be positive, got -1.0"),
-        ({"max_time_min": 0}, r"max_time_min must be positive"),
+        ({"max_time_min": 0}, r"max_time_min must be a positive number of minutes"),
+        ({"epochs": 10**30}, r"epochs must be at most 1000000, got 1000000000000000000000000000000"),
+        ({"iterations_per_epoch": 10**7}, r"iterations_per_epoch must be at most 1000000"),
+        ({"max_time_min": float("inf")}, r"max_time_min must be a positive number of minutes \(at most 1000000\), got inf"),
         ({"augment_preset": "brat"},
          r"augment_preset must be one of default, brats, lgg, got 'brat' \(did you mean 'brats'\?\)"),
     ],
@@ -123,3 +127,26 @@ def test_resume_differences():
     # the learning-rate schedule depends on the epoch count: it may not change on resume
     assert config_differences(saved, TrainConfig(lr=0.01, epochs=9)) == ["epochs: 100 (run) vs 9 (now)"]
     assert config_differences(saved, TrainConfig(lr=0.1)) == ["lr: 0.01 (run) vs 0.1 (now)"]
+
+
+@pytest.mark.parametrize(("content", "match"), [
+    ({"patch_size": "banana", "epochs": 3}, r"patch_size must be 2 \(2-D\) or 3 \(3-D\) positive integers, got 'banana'"),
+    ({"epochs": -3}, r"epochs must be an integer >= 1, got -3"),
+    ({"batch_size": 0}, r"batch_size must be a positive integer, got 0"),
+    ({"target_spacing": [1, 0, 1]}, r"target_spacing must be 3 positive, finite spacings in mm, got \(1, 0, 1\)"),
+    ({"crop_to_brain": "yes"}, r"crop_to_brain must be true or false, got 'yes'"),
+    ({"foreground_fraction": 2}, r"foreground_fraction must be a number in \[0, 1\], got 2"),
+    ({"fold": 7}, r"fold 7 does not exist with --folds 5"),
+])
+def test_options_file_values_are_checked_naming_the_file(tmp_path, content, match):
+    """Issue #20: ``{"patch_size": "banana", "epochs": -3}`` failed later with "'>' not supported ...", no key, no file."""
+    path = tmp_path / "opts.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(ConfigError, match=rf"^options file {re.escape(str(path))}: {match}"):
+        read_options_file(path)
+
+
+def test_options_file_checks_related_values_together(tmp_path):
+    path = tmp_path / "opts.json"
+    path.write_text(json.dumps({"fold": 7, "folds": 10, "patch_size": [64, 64]}))
+    assert read_options_file(path) == {"fold": 7, "folds": 10, "patch_size": [64, 64]}
