@@ -359,7 +359,33 @@ def predict_folder(
         predictor.source_label_map()
     predictor.largest_component_groups(config.lcc)
     columns = _label_columns(predictor.labels)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _predict_cases(cases, config=config, predictor=predictor, out=out, columns=columns,
+                              progress=progress, start=start)
+    except BaseException:
+        if created:
+            _remove_if_unused(out)
+        raise
+
+
+def _remove_if_unused(out: Path) -> None:
+    """Remove a folder this run created when the run failed before writing any case into it."""
+    own = {CONFIG_JSON, PREDICTIONS_CSV}
+    if any(p.name not in own for p in out.iterdir()):
+        return  # a case was written: keep the folder, its config and table
+    for name in own:
+        (out / name).unlink(missing_ok=True)
+    try:
+        out.rmdir()
+    except OSError:
+        pass
+
+
+def _predict_cases(cases: Sequence, *, config: PredictConfig, predictor, out: Path, columns,
+                   progress: Callable[[str, int, int], None] | None, start: float) -> PredictSummary:
+    """The loop of :func:`predict_folder` over the discovered cases (the output folder exists)."""
     _write_config(out, config, predictor)
     csv_path = out / PREDICTIONS_CSV
     previous = _read_previous_csv(csv_path)

@@ -191,3 +191,19 @@ def test_bad_options(tmp_path, fitted_checkpoint):
         predict_folder(config=PredictConfig(**base, channel_order=("T1", "T9")))
     with pytest.raises(InputError, match="input not found"):
         predict_folder(config=PredictConfig(**{**base, "input": tmp_path / "nope"}))
+
+
+def test_a_failed_run_leaves_no_new_output_folder(tmp_path, fitted_checkpoint):
+    """Issue #20: a run failing on its first case left ``predict_config.json`` in the new output folder."""
+    folder = write_dataset_folder(tmp_path / "in", {"c": _case(2)[0]})
+    write_image(_case(3)[0].channel(0), folder / "a_0000.nii.gz")  # a, the first case, lacks its second channel
+    config = PredictConfig(models=(fitted_checkpoint,), input=folder, output=tmp_path / "new" / "out", device="cpu")
+    with pytest.raises(InputError, match=r"case a: 1 channel\(s\) but the model needs 2"):
+        predict_folder(config=config)
+    assert not (tmp_path / "new" / "out").exists()
+    # a folder the user made is kept, emptied of nothing of theirs
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(InputError):
+        predict_folder(config=PredictConfig(**{**config.__dict__, "output": tmp_path / "mine"}))
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt", "predict_config.json"]
