@@ -8,9 +8,12 @@ once it works end to end.
 from __future__ import annotations
 
 import importlib
-from typing import Annotated, Optional
+import re
+import sys
+from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from brainseg_cli import __version__
 from brainseg_cli.cli import common
@@ -18,7 +21,51 @@ from brainseg_cli.cli import common
 #: Subcommand modules, in the order ``--help`` lists them.
 COMMANDS: tuple[str, ...] = ("convert", "pretrain", "finetune", "predict", "evaluate", "visualize", "demo")
 
+# The parser's exception classes, found through the public BadParameter (typer vendors click in newer
+# releases and uses click itself in older ones).
+_USAGE_ERROR: type = typer.BadParameter.__mro__[1]
+_CLICK_EXCEPTION: type = _USAGE_ERROR.__mro__[1]
+_NO_ARGS_IS_HELP: Any = getattr(sys.modules[_USAGE_ERROR.__module__], "NoArgsIsHelpError", ())
+_MISSING_PARAMETER: Any = getattr(sys.modules[_USAGE_ERROR.__module__], "MissingParameter", ())
+
+
+def usage_error_line(exc: Exception) -> str:
+    """The one line a parser error is reported as: ``error: <option>: <what is wrong> (see '<command> --help')``."""
+    message = " ".join(str(exc.format_message()).split())  # type: ignore[attr-defined]
+    if isinstance(exc, typer.BadParameter) and not isinstance(exc, _MISSING_PARAMETER):
+        message = re.sub(r"^Invalid value for ((?:'[^']+'(?: / )?)+): ",
+                         lambda m: " / ".join(re.findall(r"'([^']+)'", m.group(1))) + ": ", message)
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None and getattr(ctx, "command_path", "") else ""
+    return f"error: {message}{hint}"
+
+
+class BrainsegGroup(TyperGroup):
+    """The root command group: parser errors are one ``error:`` line on stderr with exit code 2.
+
+    (Typer's default draws a multi-line box with the usage text.)
+    """
+
+    def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NO_ARGS_IS_HELP:
+            return super().main(args, prog_name, complete_var, standalone_mode=True, **extra)  # prints the help
+        except typer.Abort:
+            typer.echo("Aborted.", err=True)
+            sys.exit(1)
+        except _CLICK_EXCEPTION as exc:
+            typer.echo(usage_error_line(exc) if isinstance(exc, _USAGE_ERROR)
+                       else f"error: {' '.join(str(exc.format_message()).split())}", err=True)
+            sys.exit(exc.exit_code)
+        sys.exit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)
+
+
 app = typer.Typer(
+    cls=BrainsegGroup,
     name="brainseg",
     help="Brain-MRI segmentation with transfer learning: convert, train, fine-tune, predict, evaluate.",
     no_args_is_help=True,

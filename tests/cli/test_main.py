@@ -103,3 +103,24 @@ def test_public_api_names_resolve(name):
 def test_unknown_api_name_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no_such_thing"):
         brainseg_cli.no_such_thing  # noqa: B018
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["predict", "-m", "{ckpt}", "-i", "{tmp}", "-o", "{tmp}/o", "--batch-size", "0"],
+     "error: --batch-size: Input should be greater than or equal to 1 (see 'brainseg predict --help')"),
+    (["predict", "-m", "{ckpt}", "-i", "{tmp}", "-o", "{tmp}/o", "--overlap", "0.99"],
+     "error: --overlap: "),
+    (["predict", "-m", "{ckpt}", "-o", "{tmp}/o"], "error: Missing option '--input'"),
+    (["evaluate", "--pred", "{tmp}"], "error: Missing option '--ref'"),
+    (["pretrain", "{tmp}", "-o", "{tmp}/r", "--epochs", "x"], "error: --epochs: Input should be a valid integer"),
+    (["nosuch"], "error: No such command 'nosuch'."),
+])
+def test_parser_errors_are_one_line_with_exit_code_2(tmp_path, args, line):
+    """Issue #20: ``--batch-size 0``, ``--overlap 0.99`` or a missing ``--input`` drew the parser's 5-line box."""
+    ckpt = tmp_path / "m.pt"
+    ckpt.write_bytes(b"")
+    res = runner.invoke(app, [a.format(ckpt=ckpt, tmp=tmp_path) for a in args])
+    assert res.exit_code == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(line), res.stderr
+    assert not (tmp_path / "o").exists() and not (tmp_path / "r").exists()

@@ -153,15 +153,15 @@ def test_2_5d_pretrain_predict_and_finetune(phantom, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--slice-weighting", "area"], "Invalid value for '--slice-weighting'"),
+        (["--slice-weighting", "area"], "error: --slice-weighting: "),
         (["--precision", "fp16", "--device", "cpu"], "--precision fp16 needs a CUDA device"),
         (["--model", "unet3d", "--config", "2d"], "model 'unet3d' is 3-D only and cannot train --config 2d"),
         (["--val-cases", "1", "--fold", "0"], "choose one of --val-cases, --val-split and --fold"),
         (["--patch-size", "16,16,a"], "--patch-size '16,16,a': expected integers"),
         (["--spacing", "1,1"], "--spacing '1,1': expected three positive numbers"),
-        (["--optimizer", "adamw"], "Invalid value for '--optimizer'"),
+        (["--optimizer", "adamw"], "error: --optimizer: "),
         (["--model", "unett"], "unknown model 'unett' (did you mean 'unet'?)"),
-        (["--slice-context", "4", "--config", "2d"], "Invalid value for '--slice-context'"),
+        (["--slice-context", "4", "--config", "2d"], "error: --slice-context: "),
         (["--slice-context", "1", "--config", "3d"], "a slice context is only meaningful for a 2d plan (config is 3d)"),
     ],
 )
