@@ -33,6 +33,10 @@ class CheckpointError(InputError):
     """A checkpoint file is foreign, damaged, or of an unsupported format version."""
 
 
+class OutputError(BrainsegError):
+    """An output cannot be written completely: a full disk, a read-only or forbidden folder (names the file)."""
+
+
 class ConfigError(BrainsegError):
     """An option, or a combination of options, is invalid (a usage error: exit code 2)."""
 

@@ -105,6 +105,11 @@ def run(fn: Callable[..., T], /, **kwargs: Any) -> T:
         raise fail("interrupted", 130) from None
     except (typer.Exit, typer.Abort):
         raise
+    except OSError as exc:  # what a user's machine causes (a full disk, a read-only folder): not a crash
+        if OPTIONS.debug:
+            traceback.print_exc()
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise fail(f"{where}{exc.strerror or exc}" + (f" (errno {exc.errno})" if exc.errno else "")) from None
     except Exception as exc:  # noqa: BLE001 - the CLI boundary: never a raw traceback by default
         if OPTIONS.debug:
             traceback.print_exc()

@@ -15,9 +15,11 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from brainseg_cli.errors import OutputError
 
 logger = logging.getLogger(__name__)
 
@@ -40,35 +42,66 @@ def _remove(path: Path) -> None:
         logger.warning("could not remove temporary %s: %s", path, exc)
 
 
+def _fsync(path: Path) -> None:
+    """Flush a written file to the disk; a full disk that the writes did not report shows here."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def output_error(target: Path, exc: OSError) -> OutputError:
+    """The one-line error for an OS error met while writing ``target`` (full disk, read-only, forbidden)."""
+    what = exc.strerror or str(exc)
+    other = f" ({exc.filename})" if exc.filename and Path(str(exc.filename)).name != target.name \
+        and not str(exc.filename).endswith(target.name) else ""
+    return OutputError(f"cannot write {target}: {what}{other}")
+
+
 @contextmanager
-def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_write(path: str | os.PathLike[str], *, verify: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """Write a file atomically.
 
     Yields a temporary path in the same folder as ``path``; write the whole file there. When the
-    block ends normally, the temporary file replaces ``path`` (``os.replace``); when it raises, the
-    temporary file is deleted and ``path`` is untouched. The parent folder is created if missing.
+    block ends normally, the temporary file is flushed to the disk (``fsync``), checked by
+    ``verify`` if given, and replaces ``path`` (``os.replace``); when anything raises, the temporary
+    file is deleted and ``path`` is untouched. The parent folder is created if missing.
 
     Args:
         path: the final file path.
+        verify: called with the temporary path before the rename; raises if the file is not whole
+            (e.g. a writer that does not report a full disk left it truncated).
 
     Yields:
         The temporary file path to write to (it does not exist yet).
+
+    Raises:
+        OutputError: an OS error while writing (full disk, read-only or forbidden folder), naming ``path``.
 
     Example:
         >>> with atomic_write(out / "labels.nii.gz") as tmp:   # doctest: +SKIP
         ...     sitk.WriteImage(img, str(tmp))
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(target)
     try:
-        yield tmp
-        if not tmp.exists():
-            raise FileNotFoundError(f"{target}: nothing was written to the temporary file {tmp.name}")
-        os.replace(tmp, target)
-    except BaseException:
-        _remove(tmp)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            yield tmp
+            if not tmp.exists():
+                raise FileNotFoundError(f"{target}: nothing was written to the temporary file {tmp.name}")
+            _fsync(tmp)
+            if verify is not None:
+                verify(tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            _remove(tmp)
+            raise
+    except FileNotFoundError:
         raise
+    except OSError as exc:
+        raise output_error(target, exc) from None
 
 
 @contextmanager
@@ -89,9 +122,12 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         The temporary folder path (already created, empty).
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(target)
-    tmp.mkdir()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temporary_sibling(target)
+        tmp.mkdir()
+    except OSError as exc:
+        raise output_error(target, exc) from None
     try:
         yield tmp
     except BaseException:

@@ -50,8 +50,8 @@ from typing import Any
 
 import numpy as np
 
-from brainseg_cli.errors import GeometryError, InputError
-from brainseg_cli.io.atomic import atomic_write, temporary_sibling
+from brainseg_cli.errors import GeometryError, InputError, OutputError
+from brainseg_cli.io.atomic import atomic_write, output_error, temporary_sibling
 
 logger = logging.getLogger(__name__)
 
@@ -669,11 +669,35 @@ def write_image(image: Image, path: str | os.PathLike[str], *, compress: bool = 
             finally:
                 shutil.rmtree(tmp_dir, ignore_errors=True)
         else:
-            with atomic_write(path) as tmp:
+            gz = path.name.lower().endswith(".gz")
+            with atomic_write(path, verify=verify_gzip if gz else None) as tmp:
                 sitk.WriteImage(img, str(tmp), use_compression)
     except RuntimeError as exc:
-        raise InputError(f"{path}: cannot write image: {_first_line(str(exc))}") from None
+        raise OutputError(f"cannot write {path}: {_first_line(str(exc))}") from None
+    except OSError as exc:  # the detached formats' own writes and renames
+        raise output_error(path, exc) from None
     logger.debug("wrote %s %s", path, image)
+
+
+def verify_gzip(path: Path) -> None:
+    """Read a written ``.gz`` file through to its end: a truncated or damaged stream raises.
+
+    SimpleITK does not always report a write that a full disk cut short; the gzip trailer (CRC and
+    length) shows it. Streams in 1 MiB chunks.
+
+    Raises:
+        OSError: the file is truncated or its CRC does not match (``ENOSPC`` is the likely cause).
+    """
+    import errno
+    import gzip
+    import zlib
+
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 20):
+                pass
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise OSError(errno.EIO, f"the written file is incomplete or damaged ({exc}); is the disk full?") from None
 
 
 def _write_tiff_image(image: Image, path: Path, *, compress: bool) -> None:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from brainseg_cli.errors import CheckpointError
+from brainseg_cli.errors import CheckpointError, OutputError
 from brainseg_cli.io.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -134,8 +134,12 @@ def save_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) ->
     if missing:
         raise CheckpointError(f"checkpoint {target}: payload lacks the keys {', '.join(missing)}")
     safe = to_safe(data)
-    with atomic_write(target) as tmp:
-        torch.save(safe, tmp)
+    try:
+        with atomic_write(target) as tmp:
+            torch.save(safe, tmp)
+    except RuntimeError as exc:  # torch's writer on a full disk: "... N requested and M written"
+        message = " ".join(str(exc).split())[:200]
+        raise OutputError(f"cannot write checkpoint {target}: {message} (is the disk full?)") from None
     logger.debug("wrote checkpoint %s", target)
     return target
 

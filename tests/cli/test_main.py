@@ -86,6 +86,19 @@ def test_unexpected_exception_hints_at_debug_without_traceback():
     assert "--debug" in result.output
 
 
+def test_an_os_error_is_named_not_called_unexpected():
+    """Issue #20: a full disk reached the user as 'unexpected OSError: [Errno 28] ...'."""
+    import errno
+
+    def fail():
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/out/case.nii.gz")
+
+    result = runner.invoke(_app_with(fail), ["boom"])
+    assert result.exit_code == 1 and "unexpected" not in result.output and "Traceback" not in result.output
+    assert [line for line in result.output.splitlines() if line.strip()] == [
+        "error: /data/out/case.nii.gz: No space left on device (errno 28)"]
+
+
 def test_debug_shows_the_traceback():
     def fail():
         raise ValueError("bad thing 42")

@@ -207,3 +207,33 @@ def test_a_failed_run_leaves_no_new_output_folder(tmp_path, fitted_checkpoint):
     with pytest.raises(InputError):
         predict_folder(config=PredictConfig(**{**config.__dict__, "output": tmp_path / "mine"}))
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt", "predict_config.json"]
+
+
+def test_a_full_disk_leaves_no_partial_output_and_the_rerun_completes(tmp_path, fitted_checkpoint, monkeypatch):
+    """Issue #20: on a full disk a truncated .nii.gz was renamed into place, and the re-run skipped it as done."""
+    import SimpleITK as sitk
+
+    from brainseg_cli.errors import OutputError
+
+    folder = write_dataset_folder(tmp_path / "in", {"c0": _case(1)[0], "c1": _case(2)[0]})
+    before = {p: p.read_bytes() for p in folder.iterdir()}
+    real = sitk.WriteImage
+
+    def full_disk(img, path, *args):  # the second output is cut short by a full disk, and ITK says nothing
+        real(img, path, *args)
+        if path.endswith("c1.nii.gz"):
+            data = open(path, "rb").read()
+            open(path, "wb").write(data[: len(data) // 3])
+
+    monkeypatch.setattr(sitk, "WriteImage", full_disk)
+    config = PredictConfig(models=(fitted_checkpoint,), input=folder, output=tmp_path / "out", device="cpu")
+    with pytest.raises(OutputError, match=r"cannot write .*out/c1\.nii\.gz: the written file is incomplete"):
+        predict_folder(config=config)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["c0.nii.gz", "predict_config.json", "predictions.csv"]
+    with open(tmp_path / "out" / "predictions.csv", newline="") as fh:
+        assert [r["case"] for r in csv.DictReader(fh)] == ["c0"]
+    assert {p: p.read_bytes() for p in folder.iterdir()} == before
+    monkeypatch.setattr(sitk, "WriteImage", real)   # space freed: the re-run predicts c1 and skips c0
+    summary = predict_folder(config=config)
+    assert summary.skipped == ("c0",) and summary.predicted == ("c1",)
+    read_image(tmp_path / "out" / "c1.nii.gz")

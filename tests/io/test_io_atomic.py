@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from brainseg_cli.errors import InputError
-from brainseg_cli.io import Image, atomic_dir, atomic_write, write_image
+from brainseg_cli.errors import InputError, OutputError
+from brainseg_cli.io import Image, atomic_dir, atomic_write, read_image, write_image
 
 
 class Boom(RuntimeError):
@@ -99,6 +102,46 @@ def test_write_image_sitk_failure_cleans_up(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(sitk, "WriteImage", failing_write)
     image = Image(np.zeros((4, 4, 4), dtype=np.int16), (1, 1, 1))
     for name in ("x.nii.gz", "x.mhd"):
-        with pytest.raises(InputError, match=f"{name}: cannot write image: disk full"):
+        with pytest.raises(OutputError, match=f"cannot write .*{name}: disk full"):
             write_image(image, tmp_path / name)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_truncated_write_that_reports_no_error_is_not_renamed_into_place(tmp_path, monkeypatch) -> None:
+    """Issue #20: on a full disk a truncated .nii.gz was renamed into place under its final name."""
+    import SimpleITK as sitk
+
+    real = sitk.WriteImage
+
+    def truncating_write(img, path, *args):  # a writer that a full disk cut short, without saying so
+        real(img, path, *args)
+        data = Path(path).read_bytes()
+        Path(path).write_bytes(data[: len(data) // 2])
+
+    image = Image(np.arange(4096, dtype=np.int16).reshape(16, 16, 16), (1, 1, 1))
+    (tmp_path / "x.nii.gz").write_bytes(b"old content")
+    monkeypatch.setattr(sitk, "WriteImage", truncating_write)
+    with pytest.raises(OutputError, match=r"cannot write .*x\.nii\.gz: the written file is incomplete or damaged"):
+        write_image(image, tmp_path / "x.nii.gz")
+    assert [p.name for p in tmp_path.iterdir()] == ["x.nii.gz"]           # no temporary file left
+    assert (tmp_path / "x.nii.gz").read_bytes() == b"old content"          # the old file untouched
+    monkeypatch.setattr(sitk, "WriteImage", real)
+    write_image(image, tmp_path / "x.nii.gz")
+    np.testing.assert_array_equal(read_image(tmp_path / "x.nii.gz").array, image.array)
+
+
+@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "No space left on device"), (errno.EROFS, "Read-only file system"),
+                                         (errno.EACCES, "Permission denied")])
+def test_os_errors_while_writing_name_the_file(tmp_path, code, words) -> None:
+    """Issue #20: a full disk or read-only folder said 'unexpected OSError: [Errno 28] ...' naming no file."""
+    target = tmp_path / "out" / "table.csv"
+    with pytest.raises(OutputError) as info:
+        with atomic_write(target) as tmp:
+            tmp.write_text("partial")
+            raise OSError(code, os.strerror(code))
+    assert str(info.value) == f"cannot write {target}: {words}"
+    assert list((tmp_path / "out").iterdir()) == []
+    with pytest.raises(OutputError, match=f"cannot write {re.escape(str(target))}: {words}"):
+        with atomic_write(target, verify=lambda p: (_ for _ in ()).throw(OSError(code, os.strerror(code)))) as tmp:
+            tmp.write_text("whole")
+    assert list((tmp_path / "out").iterdir()) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 import sys
 import types
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from brainseg_cli.errors import CheckpointError
+from brainseg_cli.errors import CheckpointError, OutputError
 from brainseg_cli.training import checkpoint as ck
 from brainseg_cli.training.checkpoint import FORMAT_VERSION, build_model_from_checkpoint, load_checkpoint, save_checkpoint
 
@@ -94,7 +95,19 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(ck.torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match=f"cannot write {re.escape(str(target))}: disk full"):
+        save_checkpoint(target, _payload(tool_version="9"))
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+    def torch_full_disk(obj, f):  # what torch's zip writer raises when the disk fills (issue #20)
+        Path(f).write_bytes(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed; 844272 requested and 260064 written")
+
+    monkeypatch.setattr(ck.torch, "save", torch_full_disk)
+    with pytest.raises(OutputError, match=rf"cannot write checkpoint {re.escape(str(target))}: .*844272 requested "
+                                          r"and 260064 written \(is the disk full\?\)"):
         save_checkpoint(target, _payload(tool_version="9"))
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
