@@ -692,6 +692,8 @@ def verify_gzip(path: Path) -> None:
     import gzip
     import zlib
 
+    if path.stat().st_size == 0:
+        raise OSError(errno.EIO, "the written file is incomplete or damaged (it is empty); is the disk full?")
     try:
         with gzip.open(path, "rb") as fh:
             while fh.read(1 << 20):

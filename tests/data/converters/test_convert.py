@@ -226,3 +226,30 @@ def test_fortran_copy(shape: tuple[int, ...]) -> None:
     np.testing.assert_array_equal(out, a)
     f = np.asfortranarray(a)
     assert convert_mod.fortran_copy(f) is f
+
+
+def test_a_full_disk_leaves_no_partial_file_under_a_final_name(brats2017_source: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #20: on a full disk convert left truncated and zero-byte files under final names."""
+    import SimpleITK as sitk
+
+    from brainseg_cli.errors import OutputError
+
+    real = sitk.WriteImage
+
+    def full_disk(img, path, *args):  # the disk fills while case B's label is written; ITK says nothing
+        real(img, path, *args)
+        if path.endswith("Brats18_B_1.nii.gz"):
+            open(path, "wb").close()
+
+    monkeypatch.setattr(sitk, "WriteImage", full_disk)
+    out = tmp_path / "out"
+    with pytest.raises(OutputError, match=r"cannot write .*Brats18_B_1\.nii\.gz: the written file is incomplete"):
+        convert_dataset(config=_config(brats2017_source, out))
+    assert _files(out / "imagesTr") == [f"Brats18_A_1_{i:04d}.nii.gz" for i in range(4)]
+    assert _files(out / "labelsTr") == ["Brats18_A_1.nii.gz"]
+    for image in (out / "imagesTr").iterdir():
+        read_image(image)
+    monkeypatch.setattr(sitk, "WriteImage", real)   # space freed: the re-run completes
+    summary = convert_dataset(config=_config(brats2017_source, out))
+    assert summary.resumed == 1 and load_dataset(out).training_cases == ("Brats18_A_1", "Brats18_B_1")
