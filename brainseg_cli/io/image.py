@@ -397,7 +397,40 @@ def _expected_file_bytes(reader: Any, ext: str) -> int | None:
                            reader.GetNumberOfComponents())
         itemsize = sitk.GetArrayViewFromImage(probe).itemsize * reader.GetNumberOfComponents()
         return 256 + int(np.prod(reader.GetSize())) * itemsize
+    if ext == ".mha":
+        return _metaimage_expected_bytes(reader.GetFileName())
     return None
+
+
+#: Bytes per voxel of MetaImage element types.
+_MET_SIZES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+              "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}
+
+
+def _metaimage_expected_bytes(path: str) -> int | None:
+    """File size a ``.mha`` with its voxels inside (``ElementDataFile = LOCAL``) must have: the header
+    plus ``CompressedDataSize`` or the raw voxel bytes. None when the header does not say (ITK then
+    reports a short read with a misleading 'No such file or directory')."""
+    header: dict[str, str] = {}
+    with open(path, "rb") as fh:
+        offset = 0
+        for raw in iter(lambda: fh.readline(4096), b""):
+            offset += len(raw)
+            key, _, value = raw.decode("latin-1").partition("=")
+            header[key.strip()] = value.strip()
+            if key.strip() == "ElementDataFile" or offset > 1 << 16:
+                break
+    if header.get("ElementDataFile", "").upper() != "LOCAL":
+        return None
+    try:
+        if header.get("CompressedData", "False").lower() == "true":
+            data = int(header["CompressedDataSize"])
+        else:
+            dims = [int(v) for v in header["DimSize"].split()]
+            data = int(np.prod(dims)) * int(header.get("ElementNumberOfChannels", "1")) * _MET_SIZES[header["ElementType"]]
+    except (KeyError, ValueError):
+        return None
+    return offset + data
 
 
 def _check_complete(path: Path, ext: str, expected: int) -> None:

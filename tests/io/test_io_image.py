@@ -413,6 +413,18 @@ def test_truncated_file(tmp_path: Path, ext: str) -> None:
         read_image(tmp_path / f"cut{ext}")
 
 
+def test_truncated_brats2012_mha_says_truncated(shared_data: Path, tmp_path: Path) -> None:
+    """Issue #20: a truncated BraTS 2012 .mha (compressed, voxels inside) was reported as 'No such file or directory'."""
+    source = shared_data / "brats2012_mha" / "BRATS_HG0001" / "BRATS_HG0001_T1.mha"
+    raw = source.read_bytes()
+    cut = tmp_path / "BRATS_HG0001_T1.mha"
+    cut.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(InputError) as info:
+        read_image(cut)
+    assert str(info.value) == f"{cut}: truncated file ({len(raw) // 2} bytes, the header needs {len(raw)})"
+    assert read_image(source).spatial_shape == (160, 216, 176)
+
+
 def test_gzip_nifti_with_trailing_data_still_reads(tmp_path: Path) -> None:
     img = make_image(3, dtype=np.int16)
     write_image(img, tmp_path / "a.nii")
