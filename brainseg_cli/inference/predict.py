@@ -229,6 +229,7 @@ def _write_config(out: Path, config: PredictConfig, predictor) -> None:
     data["tool_version"] = __version__
     data["device"] = str(predictor.device)
     data["region_thresholds"] = predictor.thresholds()
+    data["model_labels"] = dict(predictor.labels)  # the label scheme of the outputs (with labels = "model")
     data["largest_component_groups"] = predictor.largest_component_groups(config.lcc)
     data["checkpoints"] = [
         {"path": str(m.path), "model": m.checkpoint["model"]["name"], "tool_version": m.checkpoint.get("tool_version"),

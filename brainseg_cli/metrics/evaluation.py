@@ -605,6 +605,8 @@ def evaluate_folders(
 
     names = ref_src.labels
     source = f"reference {config.ref}"
+    if names is not None:
+        check_label_schemes(names, Path(config.pred), reference=Path(config.ref))
     requested = None
     if config.labels is not None:
         requested = [parse_label_token(t, labels=names, what="--labels") for t in config.labels]
@@ -679,6 +681,37 @@ def evaluate_folders(
     if config.csv is not None:
         _write_text(Path(config.csv), result.to_csv())
     return result
+
+
+def check_label_schemes(reference_labels: Mapping[str, int], pred: Path, *, reference: Path) -> None:
+    """Refuse predictions whose label values mean other things than the reference's.
+
+    ``brainseg predict`` records the model's label names in ``predict_config.json``; when the
+    predictions hold the model's values (``labels: "model"``) and a value is named differently in
+    the reference (e.g. BraTS 2012's 2 "active tumour" against the canonical 2 "non-enhancing
+    tumour"), the two schemes cannot be compared value by value. Folders without that file are not
+    checked.
+
+    Raises:
+        InputError: names the value, both names and both folders.
+    """
+    config_path = pred / "predict_config.json"
+    if not config_path.is_file():
+        return
+    try:
+        written = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    model_labels = written.get("model_labels") if isinstance(written, Mapping) else None
+    if written.get("labels") != "model" or not isinstance(model_labels, Mapping):
+        return
+    by_value_ref = {int(v): str(k) for k, v in reference_labels.items()}
+    for name, value in model_labels.items():
+        ref_name = by_value_ref.get(int(value))
+        if ref_name is not None and int(value) != 0 and ref_name.casefold() != str(name).casefold():
+            raise InputError(f"prediction {pred} was written by a model whose label {value} is '{name}', but label "
+                             f"{value} of the reference {reference} is '{ref_name}': the two label schemes differ "
+                             "(convert both with the same scheme, or predict with --labels source against the source's labels)")
 
 
 def check_output_paths(outputs: Mapping[str, Path | None], *, sources: Sequence[LabelSource]) -> None:

@@ -228,3 +228,41 @@ def test_undefined_labels() -> None:
     assert undefined_labels(np.array([0, 1, 7, 7]), [0, 1, 2]) == {7: 2}
     assert undefined_labels(np.array([0, 3]), [0, 1, 3]) == {}
     assert undefined_labels(np.array([0, 2, -1]), [0, 1, 2]) == {-1: 1}
+
+
+def _labelled_dataset(tmp_path: Path, labels: dict) -> tuple[Path, Path]:
+    """A reference dataset (dataset.json naming ``labels``) and a flat prediction folder, both of cases a, b."""
+    import json as _json
+
+    ref_dir, pred_dir = _small(tmp_path)
+    ds = tmp_path / "ds"
+    (ds / "labelsTr").mkdir(parents=True)
+    for case in ("a", "b"):
+        (ref_dir / f"{case}.nii.gz").rename(ds / "labelsTr" / f"{case}.nii.gz")
+        write_image(Image(np.zeros((10, 10, 8), np.float32), (1.0, 1.0, 1.0)), ds / "imagesTr" / f"{case}_0000.nii.gz")
+    (ds / "dataset.json").write_text(_json.dumps({"channel_names": {"0": "T1"}, "labels": labels, "numTraining": 2,
+                                                  "file_ending": ".nii.gz"}))
+    return ds, pred_dir
+
+
+def test_predictions_of_another_label_scheme_are_refused(tmp_path: Path) -> None:
+    """Issue #20: BraTS 2012 keeps its own labels (2 = active tumour); a canonical model's 2 means another thing."""
+    import json as _json
+
+    ds, pred_dir = _labelled_dataset(tmp_path, {"background": 0, "edema": 1, "active tumour": 2})
+    written = {"labels": "model", "model_labels": {"background": 0, "edema": 1, "non-enhancing tumour": 2,
+                                                   "enhancing tumour": 3}}
+    (pred_dir / "predict_config.json").write_text(_json.dumps(written))
+    res = runner.invoke(app, ["evaluate", "--ref", str(ds), "--pred", str(pred_dir)])
+    assert res.exit_code == 1
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"error: prediction {pred_dir} was written by a model whose label 2 is 'non-enhancing tumour', but label 2 of "
+        f"the reference {ds} is 'active tumour': the two label schemes differ (convert both with the same scheme, or "
+        "predict with --labels source against the source's labels)")
+    # the same scheme, or source-coded outputs, are compared as before
+    written["model_labels"] = {"background": 0, "Edema": 1, "active tumour": 2}
+    (pred_dir / "predict_config.json").write_text(_json.dumps(written))
+    assert runner.invoke(app, ["evaluate", "--ref", str(ds), "--pred", str(pred_dir)]).exit_code == 0
+    (pred_dir / "predict_config.json").write_text(_json.dumps({**written, "labels": "source",
+                                                               "model_labels": {"core": 2}}))
+    assert runner.invoke(app, ["evaluate", "--ref", str(ds), "--pred", str(pred_dir)]).exit_code == 0
