@@ -56,6 +56,7 @@ def _app_with(fn) -> typer.Typer:
     return local
 
 
+@pytest.mark.fault
 def test_brainseg_error_is_one_line_with_its_exit_code():
     def fail():
         raise InputError("case BRATS_004: FLAIR is 240x240x155 but the label is 240x240x150")
@@ -86,6 +87,7 @@ def test_unexpected_exception_hints_at_debug_without_traceback():
     assert "--debug" in result.output
 
 
+@pytest.mark.fault
 def test_an_os_error_is_named_not_called_unexpected():
     """Issue #20: a full disk reached the user as 'unexpected OSError: [Errno 28] ...'."""
     import errno
@@ -128,6 +130,7 @@ def test_unknown_api_name_is_an_attribute_error():
     (["pretrain", "{tmp}", "-o", "{tmp}/r", "--epochs", "x"], "error: --epochs: Input should be a valid integer"),
     (["nosuch"], "error: No such command 'nosuch'."),
 ])
+@pytest.mark.fault
 def test_parser_errors_are_one_line_with_exit_code_2(tmp_path, args, line):
     """Issue #20: ``--batch-size 0``, ``--overlap 0.99`` or a missing ``--input`` drew the parser's 5-line box."""
     ckpt = tmp_path / "m.pt"

@@ -185,6 +185,7 @@ def test_regions_and_other_models():
     ({"batch_dice": "no"}, "batch_dice must be true or false, got 'no'"),
     ({"crop_to_brain": 1}, "crop_to_brain must be true or false, got 1"),
 ])
+@pytest.mark.fault
 def test_invalid_overrides(given, message):
     small = info(labels={"background": 0, "lesion": 1}, regions={})
     with pytest.raises(ConfigError, match=message):

@@ -92,6 +92,7 @@ def test_write_image_failure_leaves_no_temp_file(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.fault
 def test_write_image_sitk_failure_cleans_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import SimpleITK as sitk
 
@@ -107,6 +108,7 @@ def test_write_image_sitk_failure_cleans_up(tmp_path: Path, monkeypatch: pytest.
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.fault
 def test_a_truncated_write_that_reports_no_error_is_not_renamed_into_place(tmp_path, monkeypatch) -> None:
     """Issue #20: on a full disk a truncated .nii.gz was renamed into place under its final name."""
     import SimpleITK as sitk
@@ -132,6 +134,7 @@ def test_a_truncated_write_that_reports_no_error_is_not_renamed_into_place(tmp_p
 
 @pytest.mark.parametrize("code, words", [(errno.ENOSPC, "No space left on device"), (errno.EROFS, "Read-only file system"),
                                          (errno.EACCES, "Permission denied")])
+@pytest.mark.fault
 def test_os_errors_while_writing_name_the_file(tmp_path, code, words) -> None:
     """Issue #20: a full disk or read-only folder said 'unexpected OSError: [Errno 28] ...' naming no file."""
     target = tmp_path / "out" / "table.csv"

@@ -404,6 +404,7 @@ def test_appledouble_file_is_clean_input_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("ext", [".nii.gz", ".nii", ".gipl.gz", ".gipl", ".mha", ".nrrd", ".tif"])
+@pytest.mark.fault
 def test_truncated_file(tmp_path: Path, ext: str) -> None:
     img = Image(np.random.default_rng(0).normal(size=(30, 30, 30)).astype(np.float32), (1, 1, 1))
     write_image(img, tmp_path / f"full{ext}")
@@ -413,6 +414,7 @@ def test_truncated_file(tmp_path: Path, ext: str) -> None:
         read_image(tmp_path / f"cut{ext}")
 
 
+@pytest.mark.fault
 def test_truncated_brats2012_mha_says_truncated(shared_data: Path, tmp_path: Path) -> None:
     """Issue #20: a truncated BraTS 2012 .mha (compressed, voxels inside) was reported as 'No such file or directory'."""
     source = shared_data / "brats2012_mha" / "BRATS_HG0001" / "BRATS_HG0001_T1.mha"

@@ -86,6 +86,7 @@ def test_unsafe_payload_refused_before_writing(tmp_path):
     assert not target.exists() and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.fault
 def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
     target = save_checkpoint(tmp_path / "last.pt", _payload())
     before = target.read_bytes()
@@ -118,6 +119,7 @@ def test_missing_file(tmp_path):
         load_checkpoint(tmp_path / "nope.pt")
 
 
+@pytest.mark.fault
 def test_not_a_torch_file(tmp_path):
     path = tmp_path / "notes.pt"
     path.write_text("hello, I am text\n")
@@ -133,6 +135,7 @@ def test_not_a_torch_file(tmp_path):
     (b"", "the file is empty"),
     (b'{"labels": {}}', "it is a JSON file"),
 ])
+@pytest.mark.fault
 def test_files_given_by_mistake_are_named(tmp_path, content, what):
     """Issue #20: ``--model`` given random bytes or a .nii.gz said it "holds objects that are not plain data"."""
     path = tmp_path / "model.pt"
@@ -149,6 +152,7 @@ def test_files_given_by_mistake_are_named(tmp_path, content, what):
     assert str(info.value).startswith(f"checkpoint {path} is not a brainseg checkpoint: {what}")
 
 
+@pytest.mark.fault
 def test_truncated_file(tmp_path):
     path = save_checkpoint(tmp_path / "best.pt", _payload())
     data = path.read_bytes()

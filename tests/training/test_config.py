@@ -138,6 +138,7 @@ def test_resume_differences():
     ({"foreground_fraction": 2}, r"foreground_fraction must be a number in \[0, 1\], got 2"),
     ({"fold": 7}, r"fold 7 does not exist with --folds 5"),
 ])
+@pytest.mark.fault
 def test_options_file_values_are_checked_naming_the_file(tmp_path, content, match):
     """Issue #20: ``{"patch_size": "banana", "epochs": -3}`` failed later with "'>' not supported ...", no key, no file."""
     path = tmp_path / "opts.json"

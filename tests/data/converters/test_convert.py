@@ -119,6 +119,7 @@ def test_existing_output(brats2017_source: Path, tmp_path: Path) -> None:
     assert (out / "notes.txt").exists() and (out / "dataset.json").exists()
 
 
+@pytest.mark.fault
 def test_interrupted_conversion_resumes(brats2017_source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = convert_mod.convert_case
     calls: list[str] = []
@@ -228,6 +229,7 @@ def test_fortran_copy(shape: tuple[int, ...]) -> None:
     assert convert_mod.fortran_copy(f) is f
 
 
+@pytest.mark.fault
 def test_a_full_disk_leaves_no_partial_file_under_a_final_name(brats2017_source: Path, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue #20: on a full disk convert left truncated and zero-byte files under final names."""
