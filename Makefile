@@ -9,7 +9,7 @@ PIP := $(BIN)/python -m pip
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 
-.PHONY: install install-dev demo test test-fast bench clean
+.PHONY: install install-dev demo test test-fast lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ demo: $(STAMP_RUN)
 test: $(STAMP_DEV)
 	bash scripts/ensure_chromium.sh
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+
+lint: $(STAMP_DEV)
+	$(BIN)/ruff check .
 
 test-fast: $(STAMP_DEV)
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -99,9 +99,11 @@ def main() -> None:
         ("unet 3d", shape3, None, "UNet", lambda: _monai_unet(3, f3)),
         ("unet3d", shape3, lambda: build_model("unet3d", spatial_dims=3, in_channels=4, num_classes=4),
          "DynUNet BN", lambda: _dynunet(3, [[1] * 3] + [[2] * 3] * 3, [64, 128, 256, 512], batch_relu=True)),
-        ("unetr small", shape3, lambda: build_model("unetr", spatial_dims=3, in_channels=4, num_classes=4, preset="small", img_size=list(size3)),
+        ("unetr small", shape3,
+         lambda: build_model("unetr", spatial_dims=3, in_channels=4, num_classes=4, preset="small", img_size=list(size3)),
          "-", None),
-        ("unetr base", shape3, lambda: build_model("unetr", spatial_dims=3, in_channels=4, num_classes=4, preset="base", img_size=list(size3)),
+        ("unetr base", shape3,
+         lambda: build_model("unetr", spatial_dims=3, in_channels=4, num_classes=4, preset="base", img_size=list(size3)),
          "-", None),
         ("ratlesnet", shape3, lambda: build_model("ratlesnet", spatial_dims=3, in_channels=4, num_classes=4), "-", None),
         ("unet 2d", shape2, lambda: build_model("unet", spatial_dims=2, in_channels=4, num_classes=4, kernel_sizes=k2, strides=s2),
@@ -112,7 +114,8 @@ def main() -> None:
     torch.manual_seed(0)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {where}; 3-D input {shape3}, 2-D input {shape2}")
-    header = f"{'model':<15} {'params':>8} {'fp32 s':>8} {'bf16 s':>8} | {'MONAI':<15} {'params':>8} {'fp32 s':>8} {'bf16 s':>8} | {'ratio fp32':>10} {'ratio bf16':>10}"
+    header = (f"{'model':<15} {'params':>8} {'fp32 s':>8} {'bf16 s':>8} | {'MONAI':<15} {'params':>8} {'fp32 s':>8} "
+              f"{'bf16 s':>8} | {'ratio fp32':>10} {'ratio bf16':>10}")
     print(header)
     print("-" * len(header))
     start = time.perf_counter()

@@ -287,7 +287,7 @@ def main() -> None:
     bad = [k for k in todo if not 0 <= k < len(folds)]
     if bad:
         sys.exit(f"error: --only-fold {bad}: folds are 0..{len(folds) - 1}")
-    print(f"folds: " + "; ".join(f"{k}: {', '.join(h)}" for k, h in enumerate(folds)), flush=True)
+    print("folds: " + "; ".join(f"{k}: {', '.join(h)}" for k, h in enumerate(folds)), flush=True)
     for k in todo:
         for system in args.systems:
             run_fold(system, fold=k, held_out=folds[k], seed=args.seed, minutes=args.minutes, out=out, extra=extra)

@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _tables import write_tables  # noqa: E402 - examples/_tables.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,10 +8,10 @@ from brainseg_cli.io.atomic import atomic_dir, atomic_write
 from brainseg_cli.io.image import (
     SUPPORTED_EXTENSIONS,
     Image,
+    from_sitk,
     geometry_equal,
     image_extension,
     read_image,
-    from_sitk,
     read_tiff,
     to_sitk,
     write_image,

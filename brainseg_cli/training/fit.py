@@ -68,7 +68,7 @@ from brainseg_cli.training.checkpoint import FORMAT_VERSION, load_checkpoint, sa
 from brainseg_cli.training.config import Runtime, TrainConfig, config_differences, resolve_runtime
 from brainseg_cli.training.ema import WeightAverage
 from brainseg_cli.training.logging import MetricsLog, TensorBoardLog
-from brainseg_cli.training.optim import build_optimizer, resolved_optimizer_settings, SCHEDULE_FACTORS
+from brainseg_cli.training.optim import SCHEDULE_FACTORS, build_optimizer, resolved_optimizer_settings
 from brainseg_cli.training.validation import (
     ValidationResult,
     decide_postprocessing,
@@ -802,7 +802,8 @@ def fit(
     return TrainResult(
         run_dir=run_dir, best_checkpoint=run_dir / BEST, last_checkpoint=run_dir / LAST,
         epochs_completed=epoch + 1, best_epoch=best[0], best_val_dice=best[1], val_dice=dict(best[2]),
-        postprocessing=postprocessing, region_thresholds=region_thresholds, stop_reason=stop_reason, step_losses=step_losses, seconds=state.elapsed,
+        postprocessing=postprocessing, region_thresholds=region_thresholds, stop_reason=stop_reason, step_losses=step_losses,
+        seconds=state.elapsed,
     )
 
 

@@ -369,7 +369,8 @@ def adapt_input_channels(
             raise CheckpointError(f"checkpoint lacks the input layer '{key}' of model '{model.name}'")
         weight = state_dict[key]
         expected = tuple(current[key].shape)
-        if weight.dim() != len(expected) or weight.shape[1] != n_src * group or tuple(weight.shape[2:]) != expected[2:] or weight.shape[0] != expected[0]:
+        if (weight.dim() != len(expected) or weight.shape[1] != n_src * group or tuple(weight.shape[2:]) != expected[2:]
+                or weight.shape[0] != expected[0]):
             raise CheckpointError(
                 f"checkpoint input layer '{key}' has shape {tuple(weight.shape)}; expected "
                 f"({expected[0]}, {n_src} source channels{f' x {group} slices' if group > 1 else ''}, "

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-
 from predict_fixtures import cube_volume, fit_network, make_plan, save_model_checkpoint
 
 

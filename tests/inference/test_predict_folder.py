@@ -9,11 +9,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import tifffile
+from predict_fixtures import RAS_DIRECTION, cube_volume, oblique_direction, random_checkpoint, write_dataset_folder
 
 from brainseg_cli.errors import ConfigError, InputError
 from brainseg_cli.inference.predict import PredictConfig, predict_folder
 from brainseg_cli.io import Image, read_image, write_image
-from predict_fixtures import RAS_DIRECTION, cube_volume, oblique_direction, random_checkpoint, write_dataset_folder
 
 
 def _case(seed, *, spacing=(1.0, 1.0, 1.0), direction=None, origin=(10.0, -20.0, 5.0), shape=(32, 32, 24)):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import tifffile
+from predict_fixtures import fit_network, make_plan, random_checkpoint, save_model_checkpoint
 
 from brainseg_cli.inference.predict import PredictConfig, predict_folder
 from brainseg_cli.io import read_image
-from predict_fixtures import fit_network, make_plan, random_checkpoint, save_model_checkpoint
 
 BRATS_CASE = "Brats18_2013_20_1"
 BRATS18_TO_CANONICAL = np.zeros(5, np.uint8)

@@ -8,10 +8,6 @@ import re
 import numpy as np
 import pytest
 import torch
-
-from brainseg_cli.errors import CheckpointError, ConfigError, InputError
-from brainseg_cli.inference.predictor import Predictor, resolve_device
-from brainseg_cli.io import Image
 from predict_fixtures import (
     cube_volume,
     make_network,
@@ -20,6 +16,10 @@ from predict_fixtures import (
     reference_sliding_window,
     save_model_checkpoint,
 )
+
+from brainseg_cli.errors import CheckpointError, ConfigError, InputError
+from brainseg_cli.inference.predictor import Predictor, resolve_device
+from brainseg_cli.io import Image
 
 
 def test_equals_independent_sliding_window(tmp_path):
@@ -67,13 +67,15 @@ def test_prediction_does_not_depend_on_storage_orientation(tmp_path, direction):
     elif direction == "ras":  # axes 0, 1 reversed in storage, direction flipped: same world voxels
         moved = Image(image[:, ::-1, ::-1].copy(), spacing, direction=np.diag([-1.0, -1.0, 1.0]),
                       origin=(19.0, 18 * 1.2 - 1.2, 0.0))
-        back = lambda a: a[::-1, ::-1]
+        def back(a):
+            return a[::-1, ::-1]
     else:  # storage axes (z, x, y) with the matching direction
         perm = np.transpose(image, (0, 3, 1, 2)).copy()
         d = np.zeros((3, 3))
         d[2, 0] = d[0, 1] = d[1, 2] = 1.0
         moved = Image(perm, (3.0, 1.0, 1.2), direction=d)
-        back = lambda a: np.transpose(a, (1, 2, 0))
+        def back(a):
+            return np.transpose(a, (1, 2, 0))
     labels, _ = predictor.predict(moved, lcc="off")
     np.testing.assert_array_equal(back(labels), base)
 

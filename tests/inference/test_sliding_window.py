@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from predict_fixtures import nnunet_steps, reference_sliding_window
 from scipy.ndimage import gaussian_filter
 from torch import nn
 
 from brainseg_cli.errors import ConfigError, RegistryError
-from predict_fixtures import nnunet_steps, reference_sliding_window
-
 from brainseg_cli.inference.sliding_window import (
     gaussian_importance_map,
     mirror_axes_subsets,

@@ -14,9 +14,9 @@ from brainseg_cli.errors import GeometryError, InputError
 from brainseg_cli.io import (
     SUPPORTED_EXTENSIONS,
     Image,
+    from_sitk,
     geometry_equal,
     read_image,
-    from_sitk,
     read_tiff,
     to_sitk,
     write_image,

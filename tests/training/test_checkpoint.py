@@ -140,8 +140,9 @@ def test_files_given_by_mistake_are_named(tmp_path, content, what):
     """Issue #20: ``--model`` given random bytes or a .nii.gz said it "holds objects that are not plain data"."""
     path = tmp_path / "model.pt"
     if content is None:
-        from brainseg_cli.io import Image, write_image
         import numpy as np
+
+        from brainseg_cli.io import Image, write_image
 
         path = tmp_path / "image.nii.gz"
         write_image(Image(np.zeros((4, 4, 4), np.uint8), (1.0, 1.0, 1.0)), path)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers.ddp import fail_with_config_error as _fails
+from helpers.ddp import train_cubes
 
 from brainseg_cli.errors import BrainsegError, ConfigError
 from brainseg_cli.training import distributed as D
-from helpers.ddp import fail_with_config_error as _fails
-from helpers.ddp import train_cubes
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.synthetic import cube_cases, cube_plan
 from torch import nn
 
 from brainseg_cli.errors import CheckpointError, ConfigError
@@ -12,7 +13,6 @@ from brainseg_cli.training.config import TrainConfig
 from brainseg_cli.training.ema import WeightAverage, effective_decay
 from brainseg_cli.training.fit import fit
 from brainseg_cli.training.validation import validate, validation_entities
-from helpers.synthetic import cube_cases, cube_plan
 
 TRAIN = ["case_000", "case_001", "case_002"]
 VAL = ["case_003"]

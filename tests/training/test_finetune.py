@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.checkpoints import tiny_trained_checkpoint
 from torch import nn
 
 from brainseg_cli import __version__
@@ -36,7 +37,6 @@ from brainseg_cli.training.finetune import (
     plan_for_target,
     source_outputs,
 )
-from helpers.checkpoints import tiny_trained_checkpoint
 
 SHAPE = (32, 32, 24)
 FAST = {"iterations_per_epoch": 2, "workers": 0, "device": "cpu", "val_cases": 1, "augment": False}

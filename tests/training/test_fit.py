@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers.synthetic import cube_cases, cube_plan
 from torch import nn
 
 from brainseg_cli.errors import ConfigError
@@ -15,7 +16,6 @@ from brainseg_cli.models import build_model
 from brainseg_cli.training.checkpoint import build_model_from_checkpoint, load_checkpoint
 from brainseg_cli.training.config import TrainConfig
 from brainseg_cli.training.fit import fit
-from helpers.synthetic import cube_cases, cube_plan
 
 TRAIN = ["case_000", "case_001", "case_002"]
 VAL = ["case_003"]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
+from helpers.checkpoints import tiny_trained_checkpoint
 
 from brainseg_cli.data.layout import load_dataset
 from brainseg_cli.training.checkpoint import build_model_from_checkpoint, load_checkpoint
-from helpers.checkpoints import tiny_trained_checkpoint
 
 
 def test_tiny_trained_checkpoint(tmp_path):

@@ -162,7 +162,8 @@ def test_frozen_stages_stay_bit_identical(name: str, dims: int, preset: str) -> 
     assert all(p.requires_grad for p in model.parameters())
     released = snapshot(model)
     train_steps(model, parse_freeze("none"), x, y, steps=1)
-    moved = [k for k, v in released.items() if stage_of(k) in frozen and v.is_floating_point() and not torch.equal(model.state_dict()[k], v)]
+    moved = [k for k, v in released.items()
+             if stage_of(k) in frozen and v.is_floating_point() and not torch.equal(model.state_dict()[k], v)]
     assert moved
 
 
@@ -320,11 +321,13 @@ def test_head_label_errors() -> None:
 def test_shape_mismatch_names_the_parameter() -> None:
     state = snapshot(build_model("unet", spatial_dims=2, in_channels=1, num_classes=2, base_features=4, depth=3))
     model = build_model("unet", spatial_dims=2, in_channels=1, num_classes=2, base_features=8, depth=3)
-    with pytest.raises(CheckpointError, match=r"checkpoint parameter 'encoder.0.0.0.weight' has shape \(4, 1, 3, 3\) but model 'unet' needs \(8, 1, 3, 3\) \(an input layer"):
+    with pytest.raises(CheckpointError, match=r"checkpoint parameter 'encoder.0.0.0.weight' has shape \(4, 1, 3, 3\) "
+                                              r"but model 'unet' needs \(8, 1, 3, 3\) \(an input layer"):
         transfer_weights(model, state)
     state = snapshot(build_model("unet", spatial_dims=2, in_channels=1, num_classes=2, base_features=4, depth=3, max_features=8))
     model = build_model("unet", spatial_dims=2, in_channels=1, num_classes=2, base_features=4, depth=3)
-    with pytest.raises(CheckpointError, match=r"checkpoint parameter 'encoder.2.0.0.weight' has shape \(8, 8, 3, 3\) but model 'unet' needs \(16, 8, 3, 3\)$"):
+    with pytest.raises(CheckpointError, match=r"checkpoint parameter 'encoder.2.0.0.weight' has shape \(8, 8, 3, 3\) "
+                                              r"but model 'unet' needs \(16, 8, 3, 3\)$"):
         transfer_weights(model, state)
     state = snapshot(make("unet", 2, 1, 4))
     with pytest.raises(CheckpointError, match=r"'head.weight' .* \(an output layer: give the checkpoint's and the data's labels"):

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from viz_helpers import noise_image, write_flat_case, write_tiny_dataset
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image as PILImage
+from viz_helpers import noise_image, write_flat_case
 
 from brainseg_cli.errors import ConfigError, GeometryError, InputError
 from brainseg_cli.io import Image, read_image, write_image
@@ -26,7 +27,6 @@ from brainseg_cli.viz.render import (
     label_colour,
     to_grey,
 )
-from viz_helpers import noise_image, write_flat_case
 
 
 def colour_mask(rgb: np.ndarray, colour) -> np.ndarray:

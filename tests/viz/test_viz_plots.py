@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 from PIL import Image as PILImage
+from viz_helpers import metrics_csv, results_json
 
 from brainseg_cli.errors import InputError
 from brainseg_cli.viz.curves import (
@@ -23,7 +24,6 @@ from brainseg_cli.viz.plots import (
     load_results,
     write_metric_plots,
 )
-from viz_helpers import metrics_csv, results_json
 
 DICE = {"WT": [0.9, 0.5, 0.7, 0.8], "TC": [0.6, 0.95, None, 0.4]}
 HD95 = {"WT": [2.0, 10.0, 4.0, 3.0], "TC": [5.0, 1.0, 373.13, 8.0]}

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image as PILImage
+from viz_helpers import load_page, metrics_csv, results_json, write_tiny_dataset
 
 from brainseg_cli.errors import InputError
 from brainseg_cli.viz.overlays import OverlayInputs, iter_overlays
 from brainseg_cli.viz.render import encode_png, label_colour
 from brainseg_cli.viz.report import ReportConfig, case_anchor, write_report
-from viz_helpers import load_page, metrics_csv, results_json, write_tiny_dataset
 
 TABLE_HEADER_RGB = (0xE8, 0xEE, 0xF9)
 

@@ -24,6 +24,7 @@ import re
 from functools import partial
 from pathlib import Path
 
+from brainseg_cli.data.channels import CANONICAL_CHANNELS
 from brainseg_cli.data.converters.base import (
     SourceCase,
     SourceDataset,
@@ -34,7 +35,6 @@ from brainseg_cli.data.converters.base import (
     split_image_name,
     walk_files,
 )
-from brainseg_cli.data.channels import CANONICAL_CHANNELS
 from brainseg_cli.data.labelmaps import LABEL_MAPS
 from brainseg_cli.errors import InputError
 

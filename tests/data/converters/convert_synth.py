@@ -9,8 +9,6 @@ import numpy as np
 
 from brainseg_cli.io import Image, write_image
 
-from brainseg_cli.io import Image, write_image
-
 SHAPE = (5, 4, 3)
 SPACING = (1.0, 1.25, 2.5)
 ORIGIN = (-10.0, 20.0, 5.5)

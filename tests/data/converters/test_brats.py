@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from convert_synth import OFFSETS, source_labels, volume, write
 
 from brainseg_cli.data.convert import ConvertConfig, convert_dataset
 from brainseg_cli.data.converters import SourceOptions
@@ -14,8 +15,6 @@ from brainseg_cli.data.converters.brats import classify_file, discover
 from brainseg_cli.data.layout import load_dataset, read_case
 from brainseg_cli.errors import InputError
 from brainseg_cli.io import read_image
-
-from convert_synth import OFFSETS, source_labels, volume, write
 
 
 @pytest.mark.parametrize(("path", "expected"), [
