@@ -34,7 +34,7 @@ def _entry_point(name: str) -> _Callable[..., _Any]:
                 f"hub model '{name}': weights= rebuilds the model from the checkpoint's config; "
                 f"do not also pass {', '.join(sorted(kwargs))}"
             )
-        from brainseg_cli.training.checkpoint import build_model_from_checkpoint, load_checkpoint
+        from brainseg_cli.checkpoint import build_model_from_checkpoint, load_checkpoint
 
         ckpt = load_checkpoint(weights)
         stored = ckpt["model"]["name"]

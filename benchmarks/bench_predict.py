@@ -70,7 +70,7 @@ def default_cpu_plan() -> dict:
 
 def make_checkpoint(path: Path, plan: dict, state_dict: dict, model_config: dict) -> Path:
     from brainseg_cli import __version__
-    from brainseg_cli.training.checkpoint import save_checkpoint
+    from brainseg_cli.checkpoint import save_checkpoint
 
     return save_checkpoint(path, {
         "tool_version": __version__, "model": {"name": plan["model"]["name"], "config": model_config}, "plan": plan,
@@ -238,7 +238,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs of the folder comparison (best is kept)")
     args = parser.parse_args()
 
-    from brainseg_cli.training.checkpoint import build_model_from_checkpoint, load_checkpoint
+    from brainseg_cli.checkpoint import build_model_from_checkpoint, load_checkpoint
 
     case_dir = (DATA / args.case).resolve()
     if not case_dir.is_dir():

@@ -39,9 +39,9 @@ def redecide(source: Path, dest: Path) -> None:
 
     import torch
 
+    from brainseg_cli.checkpoint import build_model_from_checkpoint, load_checkpoint
     from brainseg_cli.data.cache import open_cache
     from brainseg_cli.data.datasets import CachedCases
-    from brainseg_cli.training.checkpoint import build_model_from_checkpoint, load_checkpoint
     from brainseg_cli.training.fit import decide_and_store
     from brainseg_cli.training.validation import validation_entities
 

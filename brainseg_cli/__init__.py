@@ -36,7 +36,7 @@ _API: dict[str, str] = {
     "pretrain": "brainseg_cli.training.pretrain",
     "FinetuneConfig": "brainseg_cli.training.finetune",
     "finetune": "brainseg_cli.training.finetune",
-    "load_checkpoint": "brainseg_cli.training.checkpoint",
+    "load_checkpoint": "brainseg_cli.checkpoint",
     "PredictConfig": "brainseg_cli.inference.predict",
     "predict_folder": "brainseg_cli.inference.predict",
     "EvaluateConfig": "brainseg_cli.metrics.evaluation",

@@ -81,7 +81,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
 
 def max_weight_difference(a: Path, b: Path) -> float:
     """Largest absolute difference between the weights of two checkpoints (relative to the largest weight)."""
-    from brainseg_cli.training.checkpoint import load_checkpoint
+    from brainseg_cli.checkpoint import load_checkpoint
 
     sa, sb = load_checkpoint(a)["state_dict"], load_checkpoint(b)["state_dict"]
     diff = max(float((sa[k].double() - sb[k].double()).abs().max()) for k in sa if sa[k].is_floating_point())

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
-    from brainseg_cli.training.checkpoint import load_checkpoint
+    from brainseg_cli.checkpoint import load_checkpoint
     from brainseg_cli.training.config import TrainConfig
     from brainseg_cli.training.finetune import FinetuneConfig, finetune
     from brainseg_cli.training.pretrain import pretrain

@@ -199,7 +199,7 @@ def held_out_fold(dataset: Path, case: str) -> int:
 def compare(name: str, *, checkpoint: Path, target: Path, out: Path, train_config, plan_overrides: dict,
             exclude: str | None, device: str, log) -> list[dict]:
     """The four strategies on one target; one result row each."""
-    from brainseg_cli.training.checkpoint import load_checkpoint
+    from brainseg_cli.checkpoint import load_checkpoint
     from brainseg_cli.training.finetune import FinetuneConfig, finetune
     from brainseg_cli.training.pretrain import pretrain
 
@@ -225,7 +225,7 @@ def compare(name: str, *, checkpoint: Path, target: Path, out: Path, train_confi
         if transfer:
             trainable = transfer["parameters"]["trainable"]
         else:  # scratch: every parameter trains
-            from brainseg_cli.training.checkpoint import build_model_from_checkpoint
+            from brainseg_cli.checkpoint import build_model_from_checkpoint
 
             trainable = sum(p.numel() for p in build_model_from_checkpoint(last).parameters())
         rows.append({"target": name, "strategy": label, "mean_dice": round(score, 4), "evaluated_on": " ".join(held_out),

@@ -118,7 +118,7 @@ def load_member(path: str | os.PathLike[str], *, device: torch.device) -> Ensemb
         CheckpointError: foreign or damaged file, or a plan lacking what prediction needs (one line
             naming the file).
     """
-    from brainseg_cli.training.checkpoint import build_model_from_checkpoint, load_checkpoint
+    from brainseg_cli.checkpoint import build_model_from_checkpoint, load_checkpoint
 
     path = Path(path)
     ckpt = load_checkpoint(path, map_location="cpu")

@@ -236,7 +236,7 @@ def plan_for_target(
     """Plan a target dataset for a pretrained checkpoint (rules in the module docstring).
 
     Args:
-        checkpoint: a checkpoint dict (:func:`brainseg_cli.training.checkpoint.load_checkpoint`).
+        checkpoint: a checkpoint dict (:func:`brainseg_cli.checkpoint.load_checkpoint`).
         fingerprint: the target's fingerprint (:func:`brainseg_cli.data.fingerprint.compute_fingerprint`).
         info: the target's :class:`~brainseg_cli.data.layout.DatasetInfo`.
         plan_overrides: :class:`~brainseg_cli.data.plan.PlanOverrides` fields for the re-planned
@@ -444,7 +444,7 @@ def finetune(
         CheckpointError: the checkpoint is missing, foreign or damaged.
         InputError: an invalid dataset.
     """
-    from brainseg_cli.training.checkpoint import load_checkpoint
+    from brainseg_cli.checkpoint import load_checkpoint
 
     overrides = {k: v for k, v in dict(plan_overrides or {}).items() if v is not None}
     refused = [k for k in overrides if k in ARCHITECTURE_OPTIONS]
@@ -469,7 +469,7 @@ def finetune(
 
 def _check_resume(run_dir: Path, finetune_config: FinetuneConfig) -> None:
     """Refuse ``--resume`` with fine-tuning options that differ from the run's (read from ``last.pt``)."""
-    from brainseg_cli.training.checkpoint import load_checkpoint
+    from brainseg_cli.checkpoint import load_checkpoint
 
     last = run_dir / LAST
     if not last.exists():
@@ -495,6 +495,7 @@ def _finetune_process(
     """One process of :func:`finetune` (the whole run without DDP)."""
     import torch
 
+    from brainseg_cli.checkpoint import load_checkpoint
     from brainseg_cli.data.augmentation import AugmentConfig
     from brainseg_cli.data.cache import build_cache, open_cache
     from brainseg_cli.data.datasets import CachedCases
@@ -502,7 +503,6 @@ def _finetune_process(
     from brainseg_cli.data.layout import load_dataset
     from brainseg_cli.data.plan import load_plan, save_plan
     from brainseg_cli.models import build_model
-    from brainseg_cli.training.checkpoint import load_checkpoint
     from brainseg_cli.training.optim import resolved_optimizer_settings
     from brainseg_cli.training.splits import split_cases
     from brainseg_cli.training.transfer import apply_freeze, param_groups, stage_table, transfer_weights

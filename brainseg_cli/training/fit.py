@@ -60,11 +60,11 @@ import torch
 from torch import nn
 
 from brainseg_cli import __version__
+from brainseg_cli.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from brainseg_cli.errors import BrainsegError, CheckpointError, ConfigError
 from brainseg_cli.inference.postprocess import apply_largest_component, decided_groups
 from brainseg_cli.io.atomic import atomic_write
 from brainseg_cli.training import distributed as D
-from brainseg_cli.training.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from brainseg_cli.training.config import Runtime, TrainConfig, config_differences, resolve_runtime
 from brainseg_cli.training.ema import WeightAverage
 from brainseg_cli.training.logging import MetricsLog, TensorBoardLog

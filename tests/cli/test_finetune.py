@@ -12,9 +12,9 @@ import torch
 from helpers.checkpoints import tiny_trained_checkpoint
 from typer.testing import CliRunner
 
+from brainseg_cli.checkpoint import load_checkpoint
 from brainseg_cli.cli.main import app
 from brainseg_cli.data.phantom import write_phantom_dataset
-from brainseg_cli.training.checkpoint import load_checkpoint
 from brainseg_cli.training.fit import TrainResult
 
 runner = CliRunner()

@@ -16,11 +16,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from brainseg_cli.checkpoint import build_model_from_checkpoint, load_checkpoint
 from brainseg_cli.cli.main import app
 from brainseg_cli.data.phantom import write_phantom_dataset
 from brainseg_cli.data.plan import PlanOverrides, make_plan
 from brainseg_cli.io.image import read_image
-from brainseg_cli.training.checkpoint import build_model_from_checkpoint, load_checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -16,9 +16,9 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from brainseg_cli import __version__
+from brainseg_cli.checkpoint import save_checkpoint
 from brainseg_cli.io import Image, write_image
 from brainseg_cli.models import build_model
-from brainseg_cli.training.checkpoint import save_checkpoint
 
 TUMOUR_LABELS = {"background": 0, "outer": 1, "inner": 2}
 

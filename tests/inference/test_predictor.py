@@ -195,7 +195,7 @@ def test_region_based_checkpoint(tmp_path):
 
 
 def _with_thresholds(path, thresholds):
-    from brainseg_cli.training.checkpoint import load_checkpoint, save_checkpoint
+    from brainseg_cli.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(path)
     ckpt["region_thresholds"] = thresholds
@@ -337,7 +337,7 @@ def test_resolve_device():
 @pytest.mark.fault
 def test_a_checkpoint_plan_with_nonsense_values_is_named(tmp_path, key, value, expected):
     """Issue #20: a plan with ``patch_size [-5, 0]`` or ``target_spacing [0, -1, nan]`` gave 'unexpected ZeroDivisionError'."""
-    from brainseg_cli.training.checkpoint import load_checkpoint, save_checkpoint
+    from brainseg_cli.checkpoint import load_checkpoint, save_checkpoint
 
     path = random_checkpoint(tmp_path / "m.pt")
     ckpt = load_checkpoint(path)
@@ -351,8 +351,8 @@ def test_a_checkpoint_plan_with_nonsense_values_is_named(tmp_path, key, value, e
 @pytest.mark.fault
 def test_a_plan_file_with_nonsense_values_is_named(tmp_path):
     """Issue #20: ``pretrain --resume`` on a plan.json holding ``patch_size [-3, "x"]``, ``batch_size 0``, spacing 0."""
+    from brainseg_cli.checkpoint import load_checkpoint
     from brainseg_cli.data.plan import load_plan, save_plan
-    from brainseg_cli.training.checkpoint import load_checkpoint
 
     plan = load_checkpoint(random_checkpoint(tmp_path / "m.pt"))["plan"]
     plan["sampling"] = {"foreground_fraction": 0.33, "slice_weighting": "uniform", "drop_edge_slices": False}

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from brainseg_cli.checkpoint import FORMAT_VERSION, save_checkpoint
 from brainseg_cli.errors import CheckpointError, ConfigError
 from brainseg_cli.models import MODEL_NAMES, build_model
-from brainseg_cli.training.checkpoint import FORMAT_VERSION, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 

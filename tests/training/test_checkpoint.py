@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
+from brainseg_cli import checkpoint as ck
+from brainseg_cli.checkpoint import FORMAT_VERSION, build_model_from_checkpoint, load_checkpoint, save_checkpoint
 from brainseg_cli.errors import CheckpointError, OutputError
-from brainseg_cli.training import checkpoint as ck
-from brainseg_cli.training.checkpoint import FORMAT_VERSION, build_model_from_checkpoint, load_checkpoint, save_checkpoint
 
 
 def _payload(**overrides):

@@ -30,7 +30,7 @@ def test_two_processes_average_the_weights_as_one_process(tmp_path):
     """--ema under DDP: every rank averages the same weights, so rank 0 saves what one process saves."""
     import torch
 
-    from brainseg_cli.training.checkpoint import load_checkpoint
+    from brainseg_cli.checkpoint import load_checkpoint
 
     kwargs = {"epochs": 1, "iterations": 8, "batch_size": 4, "ema": 0.9}
     train_cubes(str(tmp_path / "one"), **kwargs)

@@ -7,8 +7,8 @@ import torch
 from helpers.synthetic import cube_cases, cube_plan
 from torch import nn
 
+from brainseg_cli.checkpoint import build_model_from_checkpoint, load_checkpoint, save_checkpoint
 from brainseg_cli.errors import CheckpointError, ConfigError
-from brainseg_cli.training.checkpoint import build_model_from_checkpoint, load_checkpoint, save_checkpoint
 from brainseg_cli.training.config import TrainConfig
 from brainseg_cli.training.ema import WeightAverage, effective_decay
 from brainseg_cli.training.fit import fit

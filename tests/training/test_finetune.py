@@ -18,6 +18,7 @@ from helpers.checkpoints import tiny_trained_checkpoint
 from torch import nn
 
 from brainseg_cli import __version__
+from brainseg_cli.checkpoint import load_checkpoint, save_checkpoint
 from brainseg_cli.data.fingerprint import compute_fingerprint
 from brainseg_cli.data.layout import load_dataset, read_case, write_dataset_json
 from brainseg_cli.data.phantom import write_phantom_dataset
@@ -25,7 +26,6 @@ from brainseg_cli.data.plan import PlanOverrides, make_plan
 from brainseg_cli.errors import CheckpointError, ConfigError
 from brainseg_cli.io import Image, write_image
 from brainseg_cli.models import build_model, stage_of
-from brainseg_cli.training.checkpoint import load_checkpoint, save_checkpoint
 from brainseg_cli.training.config import TrainConfig
 from brainseg_cli.training.finetune import (
     ARCHITECTURE_OPTIONS,

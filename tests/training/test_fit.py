@@ -11,9 +11,9 @@ import torch
 from helpers.synthetic import cube_cases, cube_plan
 from torch import nn
 
+from brainseg_cli.checkpoint import build_model_from_checkpoint, load_checkpoint
 from brainseg_cli.errors import ConfigError
 from brainseg_cli.models import build_model
-from brainseg_cli.training.checkpoint import build_model_from_checkpoint, load_checkpoint
 from brainseg_cli.training.config import TrainConfig
 from brainseg_cli.training.fit import fit
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from helpers.checkpoints import tiny_trained_checkpoint
 
+from brainseg_cli.checkpoint import build_model_from_checkpoint, load_checkpoint
 from brainseg_cli.data.layout import load_dataset
-from brainseg_cli.training.checkpoint import build_model_from_checkpoint, load_checkpoint
 
 
 def test_tiny_trained_checkpoint(tmp_path):
