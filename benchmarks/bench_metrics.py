@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "brats2018_deepbrainseg"
 TO_CANONICAL = np.zeros(256, dtype=np.uint8)
-TO_CANONICAL[[1, 2, 4]] = [2, 1, 3]  # BraTS 2017-2021 -> canonical (DESIGN §3)
+TO_CANONICAL[[1, 2, 4]] = [2, 1, 3]  # BraTS 2017-2021 -> canonical (docs/DEFINITIONS.md §2)
 LABELS = {"edema": 1, "core": 2, "enhancing": 3}
 
 

@@ -9,7 +9,7 @@ baselines):
   (Cicek et al.: 32 base filters, 4 levels, BatchNorm), softmax over the three classes and background,
   soft Dice loss, batch 8, Adam;
 - evaluation per class (edema, non-enhancing, enhancing) and per BraTS region (WT, TC, ET): Dice,
-  sensitivity and specificity (DESIGN §4 definitions, empty policy ``brats``).
+  sensitivity and specificity (docs/DEFINITIONS.md §3 definitions, empty policy ``brats``).
 
 Cases are evaluated by K-fold cross-validation (``--folds``, default 2: the developer data hold two
 cases). Each fold trains on the other folds, validates on its own fold (for the training curves only)

@@ -12,7 +12,7 @@ drawn from each: ``finetune --train-cases N --select lesion-balanced``), for eve
   (``--freeze none``),
 
 under an equal budget per cell (same epochs x iterations x batch), and scored with Dice and HD95
-(DESIGN §4: ``max`` mode, ``brats`` empty policy) of the BraTS regions WT, TC and ET on fixed
+(docs/DEFINITIONS.md §3: ``max`` mode, ``brats`` empty policy) of the BraTS regions WT, TC and ET on fixed
 held-out cases, with the final weights (``last.pt``) and no post-processing, on each case's own grid.
 
 Data here (``../shared/data``): the source is the 2-channel BraTS 2015 set (FLAIR, T1c; 4 cases),
