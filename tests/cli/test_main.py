@@ -140,3 +140,12 @@ def test_parser_errors_are_one_line_with_exit_code_2(tmp_path, args, line):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(line), res.stderr
     assert not (tmp_path / "o").exists() and not (tmp_path / "r").exists()
+
+
+@pytest.mark.fault
+def test_a_huge_epoch_count_is_refused_before_any_folder_is_made(tmp_path):
+    """Issue #20: ``--epochs 1000000000000000000000000000000`` raised OverflowError with a traceback and left a run folder."""
+    res = runner.invoke(app, ["pretrain", str(tmp_path), "-o", str(tmp_path / "run"), "--epochs", "1" + "0" * 30])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert res.stderr.strip().splitlines()[-1] == f"error: epochs must be at most 1000000, got 1{'0' * 30}"
+    assert not (tmp_path / "run").exists()
