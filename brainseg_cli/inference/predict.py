@@ -380,8 +380,8 @@ def _remove_if_unused(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
     try:
         out.rmdir()
-    except OSError:
-        pass
+    except OSError as exc:  # emptied above; a race with another process at most
+        logger.warning("could not remove the output folder %s: %s", out, exc)
 
 
 def _predict_cases(cases: Sequence, *, config: PredictConfig, predictor, out: Path, columns,

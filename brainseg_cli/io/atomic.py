@@ -54,8 +54,8 @@ def _fsync(path: Path) -> None:
 def output_error(target: Path, exc: OSError) -> OutputError:
     """The one-line error for an OS error met while writing ``target`` (full disk, read-only, forbidden)."""
     what = exc.strerror or str(exc)
-    other = f" ({exc.filename})" if exc.filename and Path(str(exc.filename)).name != target.name \
-        and not str(exc.filename).endswith(target.name) else ""
+    # the temporary file ends with the target's name: only another file is worth naming
+    other = f" ({exc.filename})" if exc.filename and not str(exc.filename).endswith(target.name) else ""
     return OutputError(f"cannot write {target}: {what}{other}")
 
 
