@@ -8,8 +8,8 @@ is predicted once, by a model that never saw it:
    3 folds of 3 by default), so they are the same whatever the training seed.
 2. Per fold, **brainseg** runs through its CLI (``brats_cpu_20min.py --held-out <fold>``: ``convert``,
    ``pretrain`` on the other cases, one of which validates the decisions made at the end of training,
-   ``predict``, ``evaluate``), with the options in :data:`BRAINSEG_OPTIONS` (the tool's defaults
-   otherwise: the CPU plan, ``--precision auto``), for ``--minutes`` of wall clock;
+   ``predict``, ``evaluate``), with the tool's defaults (:data:`BRAINSEG_OPTIONS` adds none), for ``--minutes`` of
+   wall clock;
 3. the same fold, minutes and seed for the **plain MONAI 2-D U-Net** of ``monai_baseline_20min.py``
    (trains on all the fold's training cases, final weights);
 4. both are scored with the project's metric code (WT/TC/ET Dice and HD95, BraTS empty policy) and
@@ -56,7 +56,7 @@ SYSTEMS = ("brainseg", "monai")
 SYSTEM_NAMES = {"brainseg": "brainseg", "monai": "MONAI 2-D U-Net"}
 #: Options of ``brats_cpu_20min.py`` for brainseg's runs (beyond ``--held-out``, ``--seeds``, ``--minutes``):
 #: the tool's own precision choice (``auto``), region-based WT/TC/ET training with the weight average.
-BRAINSEG_OPTIONS = ("--precision", "auto", "--ema", "0.995")
+BRAINSEG_OPTIONS: tuple[str, ...] = ()
 DEFAULT_FOLDS = 3
 RESULTS = HERE / "results" / "brats_cv.json"
 BEGIN = "<!-- brats_cv:begin -->"
@@ -211,8 +211,9 @@ def readme_block(record: dict) -> str:
         f"{p['folds']}-fold cross-validation over the {len(p['cases'])} cases, {p['minutes']:g} minutes of training per "
         f"fold and system on this 2-core CPU, seed {p['seed']} (`python benchmarks/brats_cv.py -o OUT --seed "
         f"{p['seed']}`; table: `python benchmarks/brats_cv.py --readme benchmarks/results/brats_cv.json`). "
-        f"brainseg: `pretrain --regions brats {' '.join(BRAINSEG_OPTIONS)}` (the CPU plan, "
-        "region growing and largest-component decided on one validation case of each fold's training cases), "
+        "brainseg: `pretrain` with its defaults (the CPU plan: a 2-D U-Net with region-based WT/TC/ET outputs, "
+        "bf16, a moving average of the weights; region growing and largest-component decided on one validation "
+        "case of each fold's training cases), "
         "`predict --tta`; MONAI: the plain 2-D U-Net of `benchmarks/monai_baseline_20min.py` (channels 32-512, "
         "DiceCE, Adam, final weights). Mean Dice and HD95 (mm) over each fold's held-out cases"
         + (f"; load average at the start of the runs {min(loads):g}-{max(loads):g}" if loads else "") + ".",

@@ -79,6 +79,7 @@ class Regions(str, Enum):
 
     brats = "brats"
     dataset = "dataset"
+    none = "none"
 
 
 # ----------------------------------------------------------------------------- training options
@@ -95,7 +96,8 @@ ScheduleOption = Annotated[Optional[Schedule], typer.Option("--schedule", help="
 GradClip = Annotated[Optional[float], typer.Option("--grad-clip", min=0.0,
                                                    help="Gradient-norm clipping, 0 = off \\[default: 12].")]
 EmaOption = Annotated[Optional[float], typer.Option(
-    "--ema", metavar="DECAY", help="Keep a moving average of the weights, e.g. 0.995 \\[default: off].")]
+    "--ema", metavar="DECAY",
+    help="Validate and save a moving average of the weights with this decay; 0 = off \\[default: 0.995].")]
 LossOption = Annotated[Optional[Loss], typer.Option("--loss", help="Training loss \\[default: dice-ce].")]
 Augment = Annotated[Optional[bool], typer.Option("--aug/--no-aug", help="Data augmentation \\[default: on].")]
 AugPresetOption = Annotated[Optional[AugmentPreset], typer.Option(
@@ -140,7 +142,8 @@ BatchDiceOption = Annotated[Optional[bool], typer.Option(
     "--batch-dice/--sample-dice", help="Dice loss over the whole batch (nnU-Net's 2-D choice) or per "
     "sample \\[default: per sample].")]
 RegionsOption = Annotated[Optional[Regions], typer.Option(
-    "--regions", help="Region-based training with sigmoid outputs: brats (WT/TC/ET) or the dataset's regions.")]
+    "--regions", help="Region-based training with sigmoid outputs: brats (WT/TC/ET), the dataset's regions, or none "
+    "(softmax over the labels) \\[default: the dataset's regions when they nest, as BraTS's, else none].")]
 
 
 def parse_ints(value: str, option: str, counts: tuple[int, ...]) -> list[int]:

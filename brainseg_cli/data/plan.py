@@ -127,7 +127,8 @@ class PlanOverrides:
     crop_to_brain: bool | None = None
     """Crop each case to its brain bounding box."""
     regions: str | None = None
-    """Region-based training: ``"dataset"`` (the dataset's regions) or a preset name (``"brats"``)."""
+    """Region-based training: ``"dataset"`` (the dataset's regions), a preset name (``"brats"``) or
+    ``"none"`` (softmax over the labels); None decides from the dataset (:func:`nested_regions`)."""
     deep_supervision: bool | None = None
     """Deep supervision for ``unet``."""
     foreground_fraction: float | None = None
@@ -332,6 +333,23 @@ def source_labels(extra: Mapping[str, Any]) -> dict[str, int]:
     return dict(sorted(inverse.items(), key=lambda kv: int(kv[0])))
 
 
+def nested_regions(regions: Mapping[str, Sequence[int]]) -> bool:
+    """Whether evaluation regions nest or overlap (a label belongs to more than one region).
+
+    BraTS's WT = [1, 2, 3] ⊃ TC = [2, 3] ⊃ ET = [3] nest; regions that are single labels
+    (``{"tumour": [1]}``) or disjoint do not. Nested regions are what region-based (sigmoid) training
+    is for: each output learns one region, and the small inner regions get their own loss terms
+    instead of sharing a softmax with the labels around them.
+    """
+    seen: set[int] = set()
+    for members in regions.values():
+        values = {int(v) for v in members}
+        if seen & values:
+            return True
+        seen |= values
+    return False
+
+
 def make_plan(
     *,
     fingerprint: Mapping[str, Any],
@@ -353,6 +371,8 @@ def make_plan(
     Raises:
         ConfigError: an invalid override or combination (one line naming the value).
     """
+    from brainseg_cli.models import model_info  # the registry imports torch
+
     ov = overrides
     decisions: dict[str, str] = {}
     device_type = str(device).split(":")[0]
@@ -375,15 +395,26 @@ def make_plan(
     anisotropic = ratio > ANISOTROPY_THRESHOLD
 
     # --- configuration
+    model_dims = model_info(ov.model).dims if ov.model else (2, 3)
     if ov.config is not None:  # values and types of every override: check_overrides
         config = ov.config
         decisions["config"] = "given"
+    elif ov.patch_size is not None:
+        config = f"{len(ov.patch_size)}d"
+        decisions["config"] = f"{config}: the given patch size has {len(ov.patch_size)} values"
+    elif len(model_dims) == 1:
+        config = f"{model_dims[0]}d"
+        decisions["config"] = f"{config}: model '{ov.model}' is {config} only"
     elif anisotropic:
         config = "2d"
         decisions["config"] = f"2d: anisotropic spacing (max/min {ratio:.2f} > {ANISOTROPY_THRESHOLD:g})"
     elif eight_bit:
         config = "2d"
         decisions["config"] = "2d: 8-bit slice data (every channel integer-valued in [0, 255])"
+    elif not gpu:
+        config = "2d"
+        decisions["config"] = ("2d: training on a CPU (the cross-validated CPU recipe is 2-D; a GPU would get 3d for "
+                               f"this near-isotropic spacing, max/min {ratio:.2f}; --config 3d to choose it)")
     else:
         config = "3d"
         decisions["config"] = f"3d: near-isotropic spacing (max/min {ratio:.2f} <= {ANISOTROPY_THRESHOLD:g})"
@@ -432,7 +463,10 @@ def make_plan(
     labels = dict(info.labels)
     regions: dict[str, list[int]] = {}
     region_based = False
-    if ov.regions is not None:
+    if ov.regions == "none":
+        regions = {k: list(v) for k, v in info.regions.items()}
+        decisions["regions"] = "given: softmax over the labels"
+    elif ov.regions is not None:
         if ov.regions == "dataset":
             if not info.regions:
                 raise ConfigError(f"dataset {info.name} defines no regions; use --regions brats or none")
@@ -444,10 +478,16 @@ def make_plan(
                 raise ConfigError(f"regions '{ov.regions}' use label(s) {missing} that dataset {info.name} "
                                   f"does not define (labels: {labels})")
         else:
-            raise ConfigError(f"unknown regions '{ov.regions}'; valid: dataset, {', '.join(REGION_PRESETS)}")
+            raise ConfigError(f"unknown regions '{ov.regions}'; valid: dataset, none, {', '.join(REGION_PRESETS)}")
         region_based = True
+        decisions["regions"] = "given"
     else:
         regions = {k: list(v) for k, v in info.regions.items()}
+        region_based = nested_regions(regions)
+        decisions["regions"] = (
+            "region-based (sigmoid outputs): the dataset's regions nest, as BraTS's WT > TC > ET (nnU-Net's BraTS "
+            "recipe; better tumour core and enhancing tumour in cross-validation)" if region_based
+            else "softmax over the labels: the dataset defines no nested regions")
     num_outputs = len(regions) if region_based else len(labels)
     # 2.5-D: every channel at the slice and its `slice_context` neighbours on each side (channel-major).
     in_channels = len(info.channels) * (2 * slice_context + 1)
@@ -466,8 +506,6 @@ def make_plan(
 
     # --- model
     model_name = ov.model or "unet"
-    from brainseg_cli.models import model_info
-
     if dims not in model_info(model_name).dims:
         raise ConfigError(f"model '{model_name}' does not support {config} (it is "
                           f"{'/'.join(f'{d}d' for d in model_info(model_name).dims)} only)")

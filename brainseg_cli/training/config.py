@@ -63,6 +63,9 @@ RESUME_MAY_CHANGE: frozenset[str] = frozenset(
 )
 
 
+#: Default ``--ema`` decay: an average over about the last 200 optimiser steps.
+DEFAULT_EMA = 0.995
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every option of the training loop (``brainseg pretrain`` / ``finetune``).
@@ -93,10 +96,11 @@ class TrainConfig:
     """L2 weight decay; None uses the preset (sgd 3e-5 as nnU-Net, adam 0)."""
     grad_clip: float | None = 12.0
     """Clip the gradient norm to this value (nnU-Net: 12); None or 0 disables clipping."""
-    ema: float | None = None
+    ema: float | None = DEFAULT_EMA
     """Validate, choose ``best.pt`` and save an exponential moving average of the weights with this
-    decay, in (0, 1) (it spans about ``1 / (1 - ema)`` steps); None trains and saves the weights as
-    they are (:mod:`brainseg_cli.training.ema`)."""
+    decay, in (0, 1) (it spans about ``1 / (1 - ema)`` steps); None or 0 trains and saves the
+    weights as they are (:mod:`brainseg_cli.training.ema`). The default, 0.995, is the recipe the
+    cross-validated BraTS protocol measures (``benchmarks/brats_cv.py``)."""
     loss: str = "dice-ce"
     """``dice-ce`` (soft Dice + cross-entropy, or + BCE for regions) or ``dice``."""
     augment: bool = True
@@ -133,6 +137,8 @@ class TrainConfig:
     process was started by ``torchrun``."""
 
     def __post_init__(self) -> None:
+        if type(self.ema) in (int, float) and self.ema == 0:  # --ema 0: off, stored as None
+            object.__setattr__(self, "ema", None)
         validate(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -189,7 +195,7 @@ def validate(config: TrainConfig) -> None:
     if config.grad_clip is not None and not config.grad_clip >= 0:
         raise ConfigError(f"grad_clip must be >= 0, got {config.grad_clip!r}")
     if config.ema is not None and (isinstance(config.ema, bool) or not 0.0 < config.ema < 1.0):
-        raise ConfigError(f"ema must be a decay in (0, 1) such as 0.995, got {config.ema!r}")
+        raise ConfigError(f"ema must be a decay in (0, 1) such as 0.995, or 0 for none, got {config.ema!r}")
     _choice("loss", config.loss, LOSSES)
     _choice("augment_preset", config.augment_preset, AUGMENT_PRESET_NAMES)
     _choice("precision", config.precision, PRECISIONS)

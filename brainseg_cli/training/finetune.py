@@ -280,6 +280,9 @@ def plan_for_target(
         else:
             logger.warning("the checkpoint has region (sigmoid) outputs but dataset %s defines no regions: training "
                            "softmax labels, the output head starts afresh", info.name)
+    elif "regions" not in overrides:
+        overrides["regions"] = "none"  # a softmax checkpoint keeps softmax outputs unless --regions says otherwise
+        inherited_regions = True
     for key in ("patch_size", "target_spacing"):
         if isinstance(overrides.get(key), list):
             overrides[key] = tuple(overrides[key])
@@ -305,14 +308,15 @@ def plan_for_target(
     schemes = sorted({e["scheme"] for e in plan["normalization"]})
     decisions["normalization"] = f"inherited from the {source_desc}: {', '.join(schemes)}"
     if inherited_regions:
-        decisions["regions"] = f"inherited from the {source_desc}: region-based outputs over {info.name}'s regions"
+        decisions["regions"] = (f"inherited from the {source_desc}: region-based outputs over {info.name}'s regions"
+                                if plan["region_based"] else f"inherited from the {source_desc}: softmax over the labels")
     replanned = ["orientation", "target_spacing", "patch_size", "batch_size"] + (["slice_axis"] if dims == 2 else [])
     inherited: dict[str, Any] = {"config": config, "model": {"name": name, "config": kwargs},
                                  "normalization": schemes}
     if context:
         inherited["slice_context"] = context
     if inherited_regions:
-        inherited["region_based"] = True
+        inherited["region_based"] = bool(plan["region_based"])
     plan["transfer"] = {
         "checkpoint": str(Path(checkpoint_path).resolve()) if checkpoint_path else None,
         "source_dataset": source_plan.get("dataset"),

@@ -64,13 +64,15 @@ def _rows(run: Path) -> list[dict[str, str]]:
 def test_end_to_end(phantom, narrow, tmp_path):
     run = tmp_path / "run"
     res = runner.invoke(app, [*ONE_THREAD, "pretrain", str(phantom), "-o", str(run), *FAST, *narrow, "--no-aug", "--seed", "4",
-                              "--optimizer", "adam", "--grad-clip", "0", "--loss", "dice", "--ema", "0.9"])
+                              "--optimizer", "adam", "--grad-clip", "0", "--loss", "dice", "--ema", "0.9",
+                              "--regions", "none"])
     assert res.exit_code == 0, res.output
     assert res.output.strip().splitlines()[-1] == str(run / "best.pt")
     assert "mean validation Dice" in res.output
     assert {"plan.json", "preprocessed", "config.json", "metrics.csv", "best.pt", "last.pt"} <= {p.name for p in run.iterdir()}
     plan = json.loads((run / "plan.json").read_text())
     assert plan["patch_size"] == [16, 16, 16] and plan["batch_size"] == 2 and plan["region_based"] is False
+    assert plan["decisions"]["regions"] == "given: softmax over the labels"
     rows = _rows(run)
     assert [r["epoch"] for r in rows] == ["0", "1"]
     assert list(rows[0])[3:6] == ["val_dice_edema", "val_dice_non-enhancing tumour", "val_dice_enhancing tumour"]

@@ -21,7 +21,7 @@ def dataset(tmp_path_factory):
     root = write_phantom_dataset(tmp_path_factory.mktemp("cache") / "ds", n_cases=2, seed=5, shape=(32, 32, 20))
     info = load_dataset(root)
     fp = compute_fingerprint(info)
-    plan = make_plan(fingerprint=fp, info=info, device="cpu")
+    plan = make_plan(fingerprint=fp, info=info, device="cpu", overrides=PlanOverrides(config="3d"))
     return info, fp, plan
 
 

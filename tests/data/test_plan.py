@@ -14,6 +14,7 @@ from brainseg_cli.data.plan import (
     PlanOverrides,
     load_plan,
     make_plan,
+    nested_regions,
     network_cost,
     override_fields,
     preprocessing_key,
@@ -87,7 +88,7 @@ def test_eight_bit_slice_data_get_2d_and_clip_zscore():
 
 
 def test_cpu_budget_lowers_3d_resolution_for_brats_sized_data():
-    plan = make_plan(fingerprint=fingerprint(), info=info(), device="cpu")
+    plan = make_plan(fingerprint=fingerprint(), info=info(), device="cpu", overrides=PlanOverrides(config="3d"))
     assert plan["config"] == "3d"
     assert plan["target_spacing"] == [CPU_LOWRES_SPACING_MM] * 3
     assert "3d lowres" in plan["decisions"]["target_spacing"]
@@ -97,16 +98,33 @@ def test_cpu_budget_lowers_3d_resolution_for_brats_sized_data():
     assert plan["model"]["config"]["base_features"] == 16
     assert all(p % d == 0 for p, d in zip(plan["patch_size"], divisor(plan)))
     # A slower machine (fewer GFLOP/s) gets a smaller patch for the same step time.
-    slow = make_plan(fingerprint=fingerprint(), info=info(), device="cpu", overrides=PlanOverrides(cpu_gflops=30.0))
+    slow = make_plan(fingerprint=fingerprint(), info=info(), device="cpu",
+                     overrides=PlanOverrides(config="3d", cpu_gflops=30.0))
     assert np.prod(slow["patch_size"]) < np.prod(plan["patch_size"])
     quick = make_plan(fingerprint=fingerprint(), info=info(), device="cpu", overrides=PlanOverrides(step_seconds=0.2))
     assert np.prod(quick["patch_size"]) < np.prod(plan["patch_size"])
 
 
 def test_small_data_keep_full_resolution_on_cpu():
-    plan = make_plan(fingerprint=fingerprint(shape=(30, 30, 24), n=3), info=info(), device="cpu")
+    plan = make_plan(fingerprint=fingerprint(shape=(30, 30, 24), n=3), info=info(), device="cpu",
+                     overrides=PlanOverrides(config="3d"))
     assert plan["target_spacing"] == [1.0, 1.0, 1.0]
     assert plan["patch_size"] == [32, 32, 24]
+
+
+@pytest.mark.parametrize("overrides, config, because", [
+    ({}, "2d", "2d: training on a CPU"),  # near-isotropic BraTS-like data
+    ({"patch_size": (32, 32, 32)}, "3d", "3d: the given patch size has 3 values"),
+    ({"patch_size": (64, 64)}, "2d", "2d: the given patch size has 2 values"),
+    ({"model": "unet3d"}, "3d", "3d: model 'unet3d' is 3d only"),
+    ({"model": "unet2d-classic"}, "2d", "2d: model 'unet2d-classic' is 2d only"),
+    ({"config": "3d"}, "3d", "given"),
+])
+def test_cpu_config_rule(overrides, config, because):
+    plan = make_plan(fingerprint=fingerprint(), info=info(), device="cpu", overrides=PlanOverrides(**overrides))
+    assert plan["config"] == config and plan["decisions"]["config"].startswith(because)
+    gpu = make_plan(fingerprint=fingerprint(), info=info(), device="cuda")
+    assert gpu["config"] == "3d" and gpu["decisions"]["config"].startswith("3d: near-isotropic spacing")
 
 
 def test_gpu_budget_is_memory():
@@ -165,19 +183,50 @@ def test_regions_and_other_models():
     assert all(p % d == 0 for p, d in zip(other["patch_size"], divisor(other)))
 
 
+BRATS_REGIONS = {"WT": [1, 2, 3], "TC": [2, 3], "ET": [3]}
+
+
+@pytest.mark.parametrize("regions, nested", [
+    (BRATS_REGIONS, True),
+    ({"WT": [1, 2], "TC": [2]}, True),  # BraTS 2012's two labels
+    ({"WT": [1, 2, 3]}, False),  # one region: nothing overlaps it
+    ({"tumour": [1]}, False),
+    ({"left": [1], "right": [2]}, False),
+    ({}, False),
+])
+def test_nested_regions(regions, nested):
+    assert nested_regions(regions) is nested
+
+
+@pytest.mark.parametrize("config", ["2d", "3d"])
+def test_nested_dataset_regions_train_region_based_by_default(config):
+    plan = make_plan(fingerprint=fingerprint(), info=info(regions=BRATS_REGIONS),
+                     overrides=PlanOverrides(config=config), device="cpu")
+    assert plan["region_based"] and plan["regions"] == BRATS_REGIONS and plan["model"]["num_classes"] == 3
+    assert plan["decisions"]["regions"].startswith("region-based (sigmoid outputs): the dataset's regions nest")
+    softmax = make_plan(fingerprint=fingerprint(), info=info(regions=BRATS_REGIONS),
+                        overrides=PlanOverrides(config=config, regions="none"), device="cpu")
+    assert not softmax["region_based"] and softmax["model"]["num_classes"] == 4
+    assert softmax["decisions"]["regions"] == "given: softmax over the labels"
+    flat = make_plan(fingerprint=fingerprint(), info=info(labels={"background": 0, "tumour": 1},
+                                                          regions={"tumour": [1]}),
+                     overrides=PlanOverrides(config=config), device="cpu")
+    assert not flat["region_based"] and flat["decisions"]["regions"].startswith("softmax over the labels")
+
+
 @pytest.mark.parametrize("given, message", [
     ({"config": "4d"}, r"config must be 2d or 3d, got '4d'"),
     ({"regions": "brats"}, "regions 'brats' use label"),
     ({"regions": "lobes"}, "unknown regions 'lobes'"),
-    ({"patch_size": (64, 64)}, "needs 3 positive values"),
+    ({"patch_size": (64, 64), "config": "3d"}, "needs 3 positive values"),
     ({"patch_size": (64, "x")}, r"patch_size must be 2 \(2-D\) or 3 \(3-D\) positive integers, got \(64, 'x'\)"),
     ({"patch_size": (7, 7), "config": "2d"}, r"patch size 7x7 does not fit model 'unet' at 1x1 mm: .*strides needs at "
                                              "least two stages"),
-    ({"slice_axis": 1}, "only meaningful for a 2d plan"),
+    ({"slice_axis": 1, "config": "3d"}, "only meaningful for a 2d plan"),
     ({"normalization": "minmax"}, "unknown normalization 'minmax'"),
     ({"orientation": "LPX"}, "invalid axis code"),
     ({"memory_gb": 0.0}, r"memory_gb must be a positive, finite number, got 0.0"),
-    ({"model": "unet2d-classic"}, "does not support 3d"),
+    ({"model": "unet2d-classic", "config": "3d"}, "does not support 3d"),
     ({"slice_weighting": "tumour"}, "unknown slice weighting"),
     ({"foreground_fraction": 1.5}, r"foreground_fraction must be a number in \[0, 1\], got 1.5"),
     ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),

@@ -43,8 +43,7 @@ def tiny_trained_checkpoint(tmp_dir: str | Path, *, region_based: bool = False, 
     tmp_dir = Path(tmp_dir)
     dataset = write_phantom_dataset(tmp_dir / "dataset", n_cases=4, seed=seed, shape=PHANTOM_SHAPE)
     overrides = {"patch_size": [16, 16, 16], "batch_size": 2, "model_config": {"base_features": 4}}
-    if region_based:
-        overrides["regions"] = "brats"
+    overrides["regions"] = "brats" if region_based else "none"
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)  # OpenMP threads competing for busy cores are far slower than one
