@@ -20,9 +20,9 @@ is predicted once, by a model that never saw it:
 Each run lives in ``OUT/<system>/fold_<K>/seed_<S>``; a run whose ``results.json`` exists is not run
 again, so an interrupted cross-validation continues where it stopped.
 
-    python benchmarks/brats_cv.py -o OUT [--folds 3] [--seed 0] [--minutes 20] [--systems brainseg monai]
+    python benchmarks/brats_cv.py -o OUT [--folds 3] [--seeds 0 1] [--minutes 20] [--systems brainseg monai]
         [--only-fold K ...] [--label TEXT] [-- EXTRA brats_cpu_20min.py OPTIONS]
-    python benchmarks/brats_cv.py --aggregate OUT [--label TEXT]      # tables from finished runs only
+    python benchmarks/brats_cv.py --aggregate OUT [--seeds 0 1] [--label TEXT]  # tables from finished runs only
     python benchmarks/brats_cv.py --readme RESULTS.json [README.md]     # the README table from a results file
 
 The README's cross-validation table is generated from ``benchmarks/results/brats_cv.json`` by the last
@@ -120,17 +120,54 @@ def region_means(scores: dict[str, dict[str, dict[str, float]]], cases: list[str
     return {r: {m: _mean([scores[c][r][m] for c in cases]) for m in ("dice", "hd95")} for r in REGIONS}
 
 
-def collect(out: Path, *, folds: list[list[str]], seed: int, systems: tuple[str, ...] = SYSTEMS,
+def _fold_runs(out: Path, system: str, folds: list[list[str]], seed: int) -> list[dict] | None:
+    """The ``results.json`` of every fold of one system and seed; None when a fold has none yet.
+
+    Raises:
+        SystemExit: a run does not score its fold's cases.
+    """
+    results = []
+    for k, held in enumerate(folds):
+        path = run_dir(out, system, k, seed) / "results.json"
+        if not path.is_file():
+            return None
+        res = json.loads(path.read_text())
+        missing = sorted(set(held) - set(res["scores"]))
+        if missing or sorted(res.get("held_out", held)) != sorted(held):
+            sys.exit(f"error: {path} does not score fold {k}'s cases {held} (held out there: {res.get('held_out')})")
+        results.append(res)
+    return results
+
+
+def _scores(table: dict, cases: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    return {c: {r: {m: float(table[c][r][m]) for m in ("dice", "hd95")} for r in REGIONS} for c in cases}
+
+
+def _seed_mean(by_seed: dict[str, dict], key: str = "scores") -> dict[str, dict[str, dict[str, float]]]:
+    """Per case and region, the mean over the seeds of ``by_seed[seed][key]``."""
+    tables = [entry[key] for entry in by_seed.values()]
+    return {c: {r: {m: _mean([t[c][r][m] for t in tables]) for m in ("dice", "hd95")} for r in REGIONS}
+            for c in tables[0]}
+
+
+def collect(out: Path, *, folds: list[list[str]], seeds: list[int], systems: tuple[str, ...] = SYSTEMS,
             label: str = "") -> dict:
     """The cross-validation record from the finished runs in ``out`` (see the module docstring).
 
+    Each system is aggregated over those of ``seeds`` whose folds have all finished (at least one):
+    per seed the scores of every case and their mean; over the seeds the mean per case and region,
+    the mean of the seed means and their range (``spread``). brainseg's runs also score their other
+    checkpoint and fixed 0.5 thresholds (``variants``), which shows what the decisions made on the
+    validation case do on the held-out cases.
+
     Raises:
-        SystemExit: a run is missing or does not score its fold's cases.
+        SystemExit: a system has no seed with every fold finished, or a run does not score its fold.
     """
     record: dict = {
-        "format_version": 1,
+        "format_version": 2,
         "protocol": {
-            "data": "../shared/data/brats2018_deepbrainseg", "cases": list(CASES), "folds": len(folds), "seed": seed,
+            "data": "../shared/data/brats2018_deepbrainseg", "cases": list(CASES), "folds": len(folds),
+            "seeds": sorted(seeds),
             "split": "brainseg pretrain --fold K --folds N (kfold_splits: sorted cases shuffled with seed 12345)",
             "brainseg": "python benchmarks/brats_cpu_20min.py --held-out FOLD --seeds SEED " + " ".join(BRAINSEG_OPTIONS),
             "monai": "python benchmarks/monai_baseline_20min.py --held-out FOLD --seeds SEED",
@@ -141,53 +178,106 @@ def collect(out: Path, *, folds: list[list[str]], seed: int, systems: tuple[str,
         "systems": {},
         "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine()},
     }
+    cases = [c for held in folds for c in held]
     minutes = set()
     for system in systems:
-        runs, scores = [], {}
-        for k, held in enumerate(folds):
-            path = run_dir(out, system, k, seed) / "results.json"
-            if not path.is_file():
-                sys.exit(f"error: {path} is missing: run `python benchmarks/brats_cv.py -o {out}` to finish the folds")
-            res = json.loads(path.read_text())
-            missing = sorted(set(held) - set(res["scores"]))
-            if missing or sorted(res.get("held_out", held)) != sorted(held):
-                sys.exit(f"error: {path} does not score fold {k}'s cases {held} (held out there: {res.get('held_out')})")
-            minutes.add(float(res["minutes"]))
-            for c in held:
-                scores[c] = {r: {m: float(res["scores"][c][r][m]) for m in ("dice", "hd95")} for r in REGIONS}
-            runs.append({"fold": k, "steps": int(res["steps"]), "seconds_per_step": float(res["seconds_per_step"]),
-                         "load_start": res.get("load_start"), "load_end": res.get("load_end"),
-                         "mean": region_means(scores, held)})
-        cases = [c for held in folds for c in held]
-        record["systems"][system] = {"name": SYSTEM_NAMES[system], "runs": runs, "scores": scores,
-                                     "mean": region_means(scores, cases)}
+        by_seed: dict[str, dict] = {}
+        for seed in sorted(seeds):
+            results = _fold_runs(out, system, folds, seed)
+            if results is None:
+                continue
+            scores, runs, variants = {}, [], {}
+            for k, (held, res) in enumerate(zip(folds, results)):
+                minutes.add(float(res["minutes"]))
+                scores.update(_scores(res["scores"], held))
+                runs.append({"fold": k, "steps": int(res["steps"]), "seconds_per_step": float(res["seconds_per_step"]),
+                             "load_start": res.get("load_start"), "load_end": res.get("load_end"),
+                             "mean": region_means(_scores(res["scores"], held), held)})
+                for name, other in (res.get("others") or {}).items():
+                    variants.setdefault(name, {}).update(_scores(other["scores"], held))
+            entry = {"runs": runs, "scores": scores, "mean": region_means(scores, cases)}
+            complete = {n: v for n, v in variants.items() if set(v) == set(cases)}
+            if complete:
+                entry["variants"] = {n: {"scores": v, "mean": region_means(v, cases)} for n, v in complete.items()}
+            by_seed[str(seed)] = entry
+        if not by_seed:
+            sys.exit(f"error: {system} has no seed of {sorted(seeds)} with every fold finished in {out}: run "
+                     f"`python benchmarks/brats_cv.py -o {out} --seeds ...` to finish the folds")
+        scores = _seed_mean(by_seed)
+        seed_means = [entry["mean"] for entry in by_seed.values()]
+        summary = {
+            "name": SYSTEM_NAMES[system], "seeds": [int(s) for s in by_seed], "by_seed": by_seed, "scores": scores,
+            "mean": {r: {m: _mean([sm[r][m] for sm in seed_means]) for m in ("dice", "hd95")} for r in REGIONS},
+            "spread": {r: [min(sm[r]["dice"] for sm in seed_means), max(sm[r]["dice"] for sm in seed_means)]
+                       for r in REGIONS},
+        }
+        names = set.intersection(*(set(e.get("variants", {})) for e in by_seed.values()))
+        if names:
+            summary["variants"] = {n: {r: {m: _mean([e["variants"][n]["mean"][r][m] for e in by_seed.values()])
+                                           for m in ("dice", "hd95")} for r in REGIONS} for n in sorted(names)}
+        record["systems"][system] = summary
     if len(minutes) > 1:
         sys.exit(f"error: the runs in {out} trained for different budgets: {sorted(minutes)} minutes")
     record["protocol"]["minutes"] = minutes.pop() if minutes else None
     return record
 
 
+def _fold_mean(summary: dict, fold: int) -> dict[str, dict[str, float]]:
+    """A system's mean over one fold's cases, averaged over its seeds."""
+    means = [entry["runs"][fold]["mean"] for entry in summary["by_seed"].values()]
+    return {r: {m: _mean([fm[r][m] for fm in means]) for m in ("dice", "hd95")} for r in REGIONS}
+
+
 def table(record: dict) -> list[str]:
-    """The Markdown table of a record: per fold and over all cases, each system, Dice and HD95 per region."""
+    """The Markdown table of a record: per fold and over all cases, each system, Dice and HD95 per region.
+
+    With several seeds a cell is the mean over the seeds and the overall Dice gives the range of the
+    seeds' means in brackets.
+    """
     systems = list(record["systems"])
-    lines = ["| held out | system | steps | WT Dice | TC Dice | ET Dice | WT HD95 | TC HD95 | ET HD95 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| held out | system | seeds | steps | WT Dice | TC Dice | ET Dice | WT HD95 | TC HD95 | ET HD95 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for fold in record["folds"]:
         k = fold["fold"]
         cases = ", ".join(c.removeprefix("Brats18_") for c in fold["held_out"])
         for system in systems:
-            run = record["systems"][system]["runs"][k]
-            m = run["mean"]
-            lines.append(f"| fold {k}: {cases} | {record['systems'][system]['name']} | {run['steps']} | "
+            summary = record["systems"][system]
+            m = _fold_mean(summary, k)
+            steps = " / ".join(str(e["runs"][k]["steps"]) for e in summary["by_seed"].values())
+            lines.append(f"| fold {k}: {cases} | {summary['name']} | {', '.join(map(str, summary['seeds']))} | {steps} | "
                          + " | ".join(fmt(m[r]["dice"]) for r in REGIONS) + " | "
                          + " | ".join(fmt(m[r]["hd95"], 1) for r in REGIONS) + " |")
     n = sum(len(f["held_out"]) for f in record["folds"])
     for system in systems:
-        m = record["systems"][system]["mean"]
-        lines.append(f"| **all {n} cases** | **{record['systems'][system]['name']}** | | "
-                     + " | ".join(f"**{fmt(m[r]['dice'])}**" for r in REGIONS) + " | "
+        summary = record["systems"][system]
+        m = summary["mean"]
+
+        def cell(r: str, summary: dict = summary, m: dict = m) -> str:
+            low, high = summary["spread"][r]
+            return f"**{fmt(m[r]['dice'])}**" + (f" ({fmt(low)}-{fmt(high)})" if len(summary["seeds"]) > 1 else "")
+
+        lines.append(f"| **all {n} cases** | **{summary['name']}** | {', '.join(map(str, summary['seeds']))} | | "
+                     + " | ".join(cell(r) for r in REGIONS) + " | "
                      + " | ".join(fmt(m[r]["hd95"], 1) for r in REGIONS) + " |")
     return lines
+
+
+#: How the README names the variants each brainseg run scores beside its headline.
+VARIANT_NAMES = {"last.pt": "`last.pt` (the final weights, with the decisions made for them)",
+                 "best.pt, thresholds 0.5": "`best.pt` with every region at 0.5 (no region growing)"}
+
+
+def variant_lines(record: dict) -> list[str]:
+    """One sentence on the decisions made on the validation case: brainseg's headline against its variants."""
+    summary = record["systems"].get("brainseg")
+    if not summary or not summary.get("variants"):
+        return []
+    m = summary["mean"]
+    parts = [f"{VARIANT_NAMES.get(name, name)}: " + " / ".join(fmt(v[r]["dice"]) for r in REGIONS)
+             for name, v in summary["variants"].items()]
+    return [f"Decisions on unseen cases (brainseg, mean Dice WT / TC / ET over the {len(summary['scores'])} cases and "
+            f"the seeds): `best.pt` with the thresholds and largest-component choices its validation case decided "
+            + " / ".join(fmt(m[r]["dice"]) for r in REGIONS) + "; " + "; ".join(parts) + "."]
 
 
 def case_table(record: dict) -> list[str]:
@@ -205,12 +295,14 @@ def case_table(record: dict) -> list[str]:
 def readme_block(record: dict) -> str:
     """What the README shows between the markers: the command, the conditions and the table."""
     p = record["protocol"]
-    loads = [run["load_start"][0] for s in record["systems"].values() for run in s["runs"] if run.get("load_start")]
+    loads = [run["load_start"][0] for s in record["systems"].values() for e in s["by_seed"].values()
+             for run in e["runs"] if run.get("load_start")]
     lines = [
         BEGIN,
         f"{p['folds']}-fold cross-validation over the {len(p['cases'])} cases, {p['minutes']:g} minutes of training per "
-        f"fold and system on this 2-core CPU, seed {p['seed']} (`python benchmarks/brats_cv.py -o OUT --seed "
-        f"{p['seed']}`; table: `python benchmarks/brats_cv.py --readme benchmarks/results/brats_cv.json`). "
+        f"fold and system on this 2-core CPU, seeds {', '.join(map(str, p['seeds']))} (`python benchmarks/brats_cv.py "
+        f"-o OUT --seeds {' '.join(map(str, p['seeds']))}`; table: `python benchmarks/brats_cv.py --readme "
+        "benchmarks/results/brats_cv.json`). "
         "brainseg: `pretrain` with its defaults (the CPU plan: a 2-D U-Net with region-based WT/TC/ET outputs, "
         "bf16, a moving average of the weights; region growing and largest-component decided on one validation "
         "case of each fold's training cases), "
@@ -220,6 +312,9 @@ def readme_block(record: dict) -> str:
         "",
         *table(record),
     ]
+    decisions = variant_lines(record)
+    if decisions:
+        lines += ["", *decisions]
     if p.get("label"):
         lines += ["", p["label"]]
     lines.append(END)
@@ -243,7 +338,7 @@ def write_record(out: Path, record: dict) -> None:
     (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
     p = record["protocol"]
     md = [f"# BraTS 2018 cross-validation: {p['folds']} folds, {p['minutes']:g} minutes per fold and system, "
-          f"seed {p['seed']}", "", readme_block(record).replace(BEGIN + "\n", "").replace("\n" + END, ""), "",
+          f"seeds {', '.join(map(str, p['seeds']))}", "", readme_block(record).replace(BEGIN + "\n", "").replace("\n" + END, ""), "",
           "Per case (Dice):", "", *case_table(record), ""]
     (out / "results.md").write_text("\n".join(md))
 
@@ -256,7 +351,9 @@ def main() -> None:
                         help="write the README block from a results file (default README: the repository's)")
     parser.add_argument("--folds", type=int, default=DEFAULT_FOLDS, help=f"number of folds (default {DEFAULT_FOLDS})")
     parser.add_argument("--only-fold", type=int, nargs="+", metavar="K", help="run only these folds")
-    parser.add_argument("--seed", type=int, default=0, help="training seed of every run (default 0)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="S",
+                        help="training seeds: every fold and system runs once per seed (default 0); the results "
+                             "give the mean over the seeds and the range of their means")
     parser.add_argument("--minutes", type=float, default=20.0, help="training budget per fold and system")
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS), help="systems to run")
     parser.add_argument("--label", default="", help="a note stored with the results (e.g. the machine's state)")
@@ -271,7 +368,7 @@ def main() -> None:
         return
     folds = cv_folds(CASES, args.folds)
     if args.aggregate:
-        record = collect(args.aggregate, folds=folds, seed=args.seed, systems=tuple(args.systems), label=args.label)
+        record = collect(args.aggregate, folds=folds, seeds=args.seeds, systems=tuple(args.systems), label=args.label)
         write_record(args.aggregate, record)
         print((args.aggregate / "results.md").read_text())
         return
@@ -289,11 +386,12 @@ def main() -> None:
     if bad:
         sys.exit(f"error: --only-fold {bad}: folds are 0..{len(folds) - 1}")
     print("folds: " + "; ".join(f"{k}: {', '.join(h)}" for k, h in enumerate(folds)), flush=True)
-    for k in todo:
-        for system in args.systems:
-            run_fold(system, fold=k, held_out=folds[k], seed=args.seed, minutes=args.minutes, out=out, extra=extra)
+    for seed in args.seeds:
+        for k in todo:
+            for system in args.systems:
+                run_fold(system, fold=k, held_out=folds[k], seed=seed, minutes=args.minutes, out=out, extra=extra)
     if args.only_fold is None:
-        record = collect(out, folds=folds, seed=args.seed, systems=tuple(args.systems), label=args.label)
+        record = collect(out, folds=folds, seeds=args.seeds, systems=tuple(args.systems), label=args.label)
         write_record(out, record)
         print((out / "results.md").read_text())
     print(f"load now {load()}")

@@ -39,13 +39,19 @@ def test_folds_are_deterministic_disjoint_and_cover_every_case():
     assert [len(f) for f in cv.cv_folds(folds=4)] == [3, 2, 2, 2]
 
 
-def _write_run(out: Path, system: str, fold: int, held: list[str], dice: dict[str, float], steps: int) -> None:
-    target = cv.run_dir(out, system, fold, 0)
+def _write_run(out: Path, system: str, fold: int, held: list[str], dice: dict[str, float], steps: int,
+               seed: int = 0, others: dict[str, float] | None = None) -> None:
+    target = cv.run_dir(out, system, fold, seed)
     target.mkdir(parents=True)
-    scores = {c: {r: {"dice": dice[r] - 0.01 * i, "hd95": 10.0 + i} for r in cv.REGIONS} for i, c in enumerate(held)}
-    (target / "results.json").write_text(json.dumps({
-        "minutes": 20.0, "held_out": held, "scores": scores, "steps": steps, "seconds_per_step": 0.4,
-        "load_start": [0.1, 0.2, 0.3], "load_end": [2.0, 2.0, 1.9]}))
+
+    def scores(d: dict[str, float]) -> dict:
+        return {c: {r: {"dice": d[r] - 0.01 * i, "hd95": 10.0 + i} for r in cv.REGIONS} for i, c in enumerate(held)}
+
+    record = {"minutes": 20.0, "held_out": held, "scores": scores(dice), "steps": steps, "seconds_per_step": 0.4,
+              "load_start": [0.1, 0.2, 0.3], "load_end": [2.0, 2.0, 1.9]}
+    if others:
+        record["others"] = {"last.pt": {"scores": scores({r: dice[r] - d for r, d in others.items()})}}
+    (target / "results.json").write_text(json.dumps(record))
 
 
 def test_collect_tables_and_readme_block(tmp_path):
@@ -53,17 +59,17 @@ def test_collect_tables_and_readme_block(tmp_path):
     for k, held in enumerate(folds):
         _write_run(tmp_path, "brainseg", k, held, {"WT": 0.9, "TC": 0.8, "ET": 0.7}, 3000 + k)
         _write_run(tmp_path, "monai", k, held, {"WT": 0.8, "TC": 0.7, "ET": 0.6}, 2000 + k)
-    record = cv.collect(tmp_path, folds=folds, seed=0)
+    record = cv.collect(tmp_path, folds=folds, seeds=[0])
     # every case once; the mean over the 9 of (d, d - 0.01, d - 0.02) per fold
     assert set(record["systems"]["brainseg"]["scores"]) == set(cv.CASES)
     assert record["systems"]["brainseg"]["mean"]["WT"]["dice"] == pytest.approx(0.89)
     assert record["systems"]["monai"]["mean"]["ET"]["dice"] == pytest.approx(0.59)
     assert record["systems"]["monai"]["mean"]["TC"]["hd95"] == pytest.approx(11.0)
-    assert [r["steps"] for r in record["systems"]["brainseg"]["runs"]] == [3000, 3001, 3002]
+    assert [r["steps"] for r in record["systems"]["brainseg"]["by_seed"]["0"]["runs"]] == [3000, 3001, 3002]
     assert record["protocol"]["minutes"] == 20.0 and record["protocol"]["folds"] == 3
     lines = cv.table(record)
     assert len(lines) == 2 + 3 * 2 + 2
-    assert lines[-2].startswith("| **all 9 cases** | **brainseg** |") and "**0.890**" in lines[-2]
+    assert lines[-2].startswith("| **all 9 cases** | **brainseg** | 0 |") and "**0.890** |" in lines[-2]
     assert "| fold 0: " in lines[2] and "| 3000 |" in lines[2]
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{cv.BEGIN}\nold table\n{cv.END}\nafter\n")
@@ -78,15 +84,40 @@ def test_collect_tables_and_readme_block(tmp_path):
     assert "| Brats18_" in (tmp_path / "results.md").read_text()
 
 
+def test_seeds_are_averaged_with_their_range_and_variants_are_kept(tmp_path):
+    folds = cv.cv_folds()
+    for k, held in enumerate(folds):
+        _write_run(tmp_path, "brainseg", k, held, {"WT": 0.9, "TC": 0.8, "ET": 0.7}, 3000, seed=0,
+                   others={"WT": 0.0, "TC": 0.1, "ET": 0.1})
+        _write_run(tmp_path, "brainseg", k, held, {"WT": 0.8, "TC": 0.6, "ET": 0.7}, 2800, seed=1,
+                   others={"WT": 0.0, "TC": 0.1, "ET": 0.1})
+        _write_run(tmp_path, "monai", k, held, {"WT": 0.8, "TC": 0.7, "ET": 0.6}, 2000, seed=0)
+    record = cv.collect(tmp_path, folds=folds, seeds=[0, 1])
+    brainseg, monai = record["systems"]["brainseg"], record["systems"]["monai"]
+    assert brainseg["seeds"] == [0, 1] and monai["seeds"] == [0]          # MONAI has run seed 0 only
+    assert brainseg["mean"]["WT"]["dice"] == pytest.approx(0.84) and brainseg["mean"]["TC"]["dice"] == pytest.approx(0.69)
+    assert brainseg["spread"]["TC"] == pytest.approx([0.59, 0.79]) and brainseg["spread"]["ET"] == pytest.approx([0.69, 0.69])
+    case = cv.CASES[0]
+    assert brainseg["scores"][case]["WT"]["dice"] == pytest.approx(
+        (brainseg["by_seed"]["0"]["scores"][case]["WT"]["dice"] + brainseg["by_seed"]["1"]["scores"][case]["WT"]["dice"]) / 2)
+    assert brainseg["variants"]["last.pt"]["TC"]["dice"] == pytest.approx(0.59) and "variants" not in monai
+    lines = cv.table(record)
+    assert lines[-2].startswith("| **all 9 cases** | **brainseg** | 0, 1 | |") and "**0.690** (0.590-0.790)" in lines[-2]
+    assert "| 3000 / 2800 |" in lines[2]
+    block = cv.readme_block(record)
+    assert "seeds 0, 1" in block and "--seeds 0 1" in block
+    assert "the final weights, with the decisions made for them): 0.840 / 0.590 / 0.590" in block
+
+
 def test_collect_refuses_missing_or_mismatched_runs(tmp_path):
     folds = cv.cv_folds()
     for k, held in enumerate(folds[:2]):
         _write_run(tmp_path, "brainseg", k, held, {"WT": 0.9, "TC": 0.8, "ET": 0.7}, 3000)
-    with pytest.raises(SystemExit, match=r"fold_2/seed_0/results.json is missing"):
-        cv.collect(tmp_path, folds=folds, seed=0, systems=("brainseg",))
+    with pytest.raises(SystemExit, match=r"brainseg has no seed of \[0\] with every fold finished"):
+        cv.collect(tmp_path, folds=folds, seeds=[0], systems=("brainseg",))
     _write_run(tmp_path, "brainseg", 2, folds[0], {"WT": 0.9, "TC": 0.8, "ET": 0.7}, 3000)
     with pytest.raises(SystemExit, match=r"does not score fold 2's cases"):
-        cv.collect(tmp_path, folds=folds, seed=0, systems=("brainseg",))
+        cv.collect(tmp_path, folds=folds, seeds=[0], systems=("brainseg",))
 
 
 def test_nan_scores_are_left_out_of_means():
