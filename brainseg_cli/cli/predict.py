@@ -27,6 +27,14 @@ class Precision(str, Enum):
     fp16 = "fp16"
 
 
+class Engine(str, Enum):
+    """What runs the network."""
+
+    auto = "auto"
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+
+
 class LabelValues(str, Enum):
     """Label values written."""
 
@@ -62,7 +70,8 @@ def predict(
     output: Annotated[Path, typer.Option("--output", "-o", file_okay=False, help="Output folder (created).",
                                          show_default=False)],
     model: Annotated[list[Path], typer.Option("--model", "-m", exists=True, dir_okay=False,
-                                              help="Checkpoint (best.pt); repeat for an ensemble (probabilities averaged).",
+                                              help="Checkpoint (best.pt) or export (brainseg export: .onnx, .ts); repeat for an ensemble "
+                                                   "(probabilities averaged).",
                                               show_default=False)],
     tta: Annotated[bool, typer.Option("--tta", help="Average over mirrored inputs (all axis flips; 8x slower in 3-D).")] = False,
     lcc: Annotated[Lcc, typer.Option("--lcc", help="Keep the largest connected component: auto = the checkpoint's "
@@ -70,6 +79,9 @@ def predict(
     overlap: Annotated[float, typer.Option("--overlap", min=0.0, max=0.95, help="Sliding-window overlap.")] = 0.5,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Windows per network call.")] = 2,
     precision: Annotated[Precision, typer.Option("--precision", help="Network precision (bf16/fp16: autocast).")] = Precision.fp32,
+    engine: Annotated[Engine, typer.Option("--engine", help="auto = each model file's own (.onnx exports on "
+                                           "onnxruntime, checkpoints on torch); onnxruntime also runs a checkpoint, "
+                                           "exported in memory.")] = Engine.auto,
     save_probabilities: Annotated[bool, typer.Option("--save-probabilities",
                                                      help="Also write <case>_probabilities.npz (float16).")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -92,7 +104,7 @@ def predict(
         models=tuple(model), input=input_path, output=output, tta=tta, lcc=lcc.value, overlap=overlap,
         batch_size=batch_size, precision=precision.value, save_probabilities=save_probabilities, device=device,
         overwrite=overwrite, labels=labels.value, channel_order=_parse_channel_order(channel_order),
-        skip_invalid=skip_invalid, region_threshold=region_threshold,
+        skip_invalid=skip_invalid, region_threshold=region_threshold, engine=engine.value,
     )
     with common.make_progress() as bar:
         task = bar.add_task("Predicting", total=None)

@@ -77,6 +77,10 @@ class PredictConfig:
     """Channel names of position-only inputs (``_cccc`` files, 4-D files), overriding dataset.json."""
     skip_invalid: bool = False
     """Continue after a case that cannot be read or predicted, and list the failures at the end."""
+    engine: str = "auto"
+    """What runs the network: ``auto`` (each model file's own: ONNX exports on ONNX Runtime,
+    checkpoints and TorchScript exports on PyTorch), ``torch`` or ``onnxruntime`` (a checkpoint is
+    exported to ONNX in memory)."""
     region_threshold: float | None = None
     """Region-based models: every region grows into the connected voxels above this value, in
     (0, 0.5] (0.5 = no growing); None = the checkpoint's ``region_thresholds`` (decided on its
@@ -89,7 +93,7 @@ class PredictConfig:
             ConfigError: an invalid value or combination (one line).
         """
         from brainseg_cli.inference.postprocess import check_thresholds
-        from brainseg_cli.inference.predictor import LCC_MODES
+        from brainseg_cli.inference.predictor import ENGINES, LCC_MODES
         from brainseg_cli.inference.sliding_window import PRECISIONS
 
         if not self.models:
@@ -98,6 +102,8 @@ class PredictConfig:
             raise ConfigError(f"invalid --lcc '{self.lcc}'; valid: {', '.join(LCC_MODES)}")
         if self.labels not in LABEL_MODES:
             raise ConfigError(f"invalid --labels '{self.labels}'; valid: {', '.join(LABEL_MODES)}")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"invalid --engine '{self.engine}'; valid: {', '.join(ENGINES)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"invalid --precision '{self.precision}'; valid: {', '.join(PRECISIONS)}")
         if not (isinstance(self.overlap, (int, float)) and 0.0 <= self.overlap < 1.0):
@@ -233,7 +239,7 @@ def _write_config(out: Path, config: PredictConfig, predictor) -> None:
     data["largest_component_groups"] = predictor.largest_component_groups(config.lcc)
     data["checkpoints"] = [
         {"path": str(m.path), "model": m.checkpoint["model"]["name"], "tool_version": m.checkpoint.get("tool_version"),
-         "epoch": (m.checkpoint.get("training") or {}).get("epoch")}
+         "epoch": (m.checkpoint.get("training") or {}).get("epoch"), "engine": m.engine}
         for m in predictor.members
     ]
     with atomic_write(out / CONFIG_JSON) as tmp:
@@ -355,7 +361,7 @@ def predict_folder(
     cases = discover_cases(src)
     predictor = Predictor.from_checkpoints(config.models, device=config.device, precision=config.precision,
                                            tta=config.tta, overlap=config.overlap, batch_size=config.batch_size,
-                                           region_threshold=config.region_threshold)
+                                           region_threshold=config.region_threshold, engine=config.engine)
     if config.labels == "source":
         predictor.source_label_map()
     predictor.largest_component_groups(config.lcc)

@@ -48,6 +48,8 @@ from brainseg_cli.io import Image
 
 logger = logging.getLogger(__name__)
 
+#: ``predict --engine`` choices: the model file's own engine, PyTorch, or ONNX Runtime.
+ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime")
 #: ``--lcc`` choices: the checkpoint's decision, every foreground voxel as one group, or none.
 LCC_MODES: tuple[str, ...] = ("auto", "on", "off")
 
@@ -94,12 +96,15 @@ class EnsembleMember:
     Attributes:
         path: the checkpoint file.
         checkpoint: the checkpoint dict without ``state_dict`` (and resume keys).
-        network: the network, in eval mode, on the predictor's device.
+        network: the network, in eval mode, on the predictor's device (for ``onnxruntime`` an
+            :class:`~brainseg_cli.inference.engines.OnnxRuntimeNetwork`).
+        engine: ``torch`` or ``onnxruntime``: what runs ``network``.
     """
 
     path: Path
     checkpoint: dict[str, Any]
     network: nn.Module
+    engine: str = "torch"
 
     @property
     def plan(self) -> dict[str, Any]:
@@ -111,17 +116,63 @@ def _plan_key(plan: Mapping[str, Any]) -> str:
     return json.dumps({k: plan.get(k) for k in _PREPROCESSING_KEYS}, sort_keys=True, default=str)
 
 
-def load_member(path: str | os.PathLike[str], *, device: torch.device) -> EnsembleMember:
-    """Load one checkpoint (``weights_only``), check what prediction needs, build its network.
+def load_member(path: str | os.PathLike[str], *, device: torch.device, engine: str = "auto") -> EnsembleMember:
+    """Load one model file, check what prediction needs, and build what runs its network.
+
+    Args:
+        path: a checkpoint (``best.pt``, read ``weights_only``) or a file written by ``brainseg export``
+            (``.onnx``, or a TorchScript archive).
+        device: where the network runs.
+        engine: ``auto`` (the file's own: ONNX files on ONNX Runtime, the rest on PyTorch), ``torch`` or
+            ``onnxruntime`` (a checkpoint is then exported to ONNX in memory).
 
     Raises:
-        CheckpointError: foreign or damaged file, or a plan lacking what prediction needs (one line
+        CheckpointError: foreign or damaged file, or metadata lacking what prediction needs (one line
             naming the file).
+        ConfigError: an unknown engine, or one that cannot run this file.
     """
-    from brainseg_cli.checkpoint import build_model_from_checkpoint, load_checkpoint
+    from brainseg_cli.checkpoint import REQUIRED_KEYS, build_model_from_checkpoint, load_checkpoint
+    from brainseg_cli.inference import engines
 
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown engine '{engine}'; valid: {', '.join(ENGINES)}")
     path = Path(path)
+    kind = engines.export_format(path)
+    if kind == "onnx":
+        if engine == "torch":
+            raise ConfigError(f"{path}: an ONNX export runs on --engine onnxruntime (or auto), not torch; give the "
+                              "checkpoint for the torch engine")
+        meta, data = engines.read_onnx_metadata(path)
+        _check_metadata(meta, path, required=[k for k in REQUIRED_KEYS if k != "state_dict"])
+        network: nn.Module = engines.OnnxRuntimeNetwork(data, device=device, source=str(path))
+        return EnsembleMember(path=path, checkpoint=meta, network=network, engine="onnxruntime")
+    if kind == "torchscript":
+        if engine == "onnxruntime":
+            raise ConfigError(f"{path}: a TorchScript export runs on --engine torch (or auto); export to .onnx for "
+                              "onnxruntime")
+        meta, network = engines.read_torchscript(path, device=device)
+        _check_metadata(meta, path, required=[k for k in REQUIRED_KEYS if k != "state_dict"])
+        return EnsembleMember(path=path, checkpoint=meta, network=network, engine="torch")
     ckpt = load_checkpoint(path, map_location="cpu")
+    _check_metadata(ckpt, path, required=[])
+    network = build_model_from_checkpoint(ckpt, source=path)
+    network.eval()
+    meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "train_state_dict", "optimizer", "scheduler", "rng")}
+    if engine == "onnxruntime":
+        plan = ckpt["plan"]
+        in_channels = len(ckpt["channels"]) * (2 * int(plan.get("slice_context", 0)) + 1)
+        example = torch.zeros(1, in_channels, *[int(p) for p in plan["patch_size"]])
+        graph = engines.onnx_bytes(network, example)
+        return EnsembleMember(path=path, checkpoint=meta, network=engines.OnnxRuntimeNetwork(
+            graph, device=device, source=str(path)), engine="onnxruntime")
+    return EnsembleMember(path=path, checkpoint=meta, network=network.to(device), engine="torch")
+
+
+def _check_metadata(ckpt: Mapping[str, Any], path: Path, *, required: Sequence[str]) -> None:
+    """What prediction reads from a checkpoint or an export's metadata must be there and sound."""
+    missing = [k for k in required if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: its metadata lacks {', '.join(missing)}")
     plan = ckpt["plan"]
     if not isinstance(plan, dict):
         raise CheckpointError(f"checkpoint {path}: 'plan' is a {type(plan).__name__}, not a dict")
@@ -143,10 +194,6 @@ def load_member(path: str | os.PathLike[str], *, device: torch.device) -> Ensemb
     if list(ckpt["channels"]) != list(plan["channels"]):
         raise CheckpointError(f"checkpoint {path}: channels {ckpt['channels']} differ from its plan's {plan['channels']}")
     _check_region_thresholds(ckpt, path)
-    network = build_model_from_checkpoint(ckpt, source=path).to(device)
-    network.eval()
-    meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "optimizer", "scheduler", "rng")}
-    return EnsembleMember(path=path, checkpoint=meta, network=network)
 
 
 def _check_region_thresholds(ckpt: Mapping[str, Any], path: Path) -> None:
@@ -213,6 +260,10 @@ class Predictor:
                                           f"{first.path.name}'s {first.checkpoint[key]}; an ensemble must agree")
             if bool(m.plan.get("region_based")) != bool(first.plan.get("region_based")):
                 raise CheckpointError(f"checkpoint {m.path}: region-based outputs differ from {first.path.name}'s")
+        on_ort = [m.path.name for m in members if m.engine == "onnxruntime"]
+        if on_ort and precision != "fp32":
+            raise ConfigError(f"--precision {precision}: the onnxruntime engine runs the exported graph in fp32 "
+                              f"({', '.join(on_ort)}); use --precision fp32 or --engine torch")
         self.members = list(members)
         self.device = device
         self.precision = precision
@@ -237,6 +288,7 @@ class Predictor:
         overlap: float = 0.5,
         batch_size: int = 2,
         region_threshold: float | None = None,
+        engine: str = "auto",
     ) -> Predictor:
         """Load checkpoints (``torch.load(weights_only=True)``) into a predictor.
 
@@ -250,6 +302,7 @@ class Predictor:
             region_threshold: one growing threshold in (0, 0.5] for every region of a region-based
                 model, overriding the checkpoints' ``region_thresholds``; None = theirs (see
                 :meth:`thresholds` and :meth:`labels_from_probabilities`).
+            engine: ``auto`` (each file's own), ``torch`` or ``onnxruntime`` (see :func:`load_member`).
 
         Raises:
             CheckpointError: a foreign or damaged checkpoint, or checkpoints that disagree.
@@ -257,7 +310,7 @@ class Predictor:
                 region threshold for a softmax model).
         """
         dev = resolve_device(device)
-        members = [load_member(p, device=dev) for p in paths]
+        members = [load_member(p, device=dev, engine=engine) for p in paths]
         return cls(members, device=dev, precision=precision, tta=tta, overlap=overlap, batch_size=batch_size,
                    region_threshold=region_threshold)
 
