@@ -143,7 +143,8 @@ def main() -> None:
         t_fp = time.perf_counter() - t0
         plans = {
             "3d GPU plan (1 mm)": make_plan(fingerprint=fp, info=info, device="cuda"),
-            "3d CPU plan (2 mm)": make_plan(fingerprint=fp, info=info, device="cpu"),
+            "3d CPU plan (2 mm)": make_plan(fingerprint=fp, info=info, device="cpu",
+                                            overrides=PlanOverrides(config="3d")),
             "2d CPU plan (slices)": make_plan(fingerprint=fp, info=info, device="cpu",
                                               overrides=PlanOverrides(config="2d")),
         }

@@ -9,7 +9,7 @@ All in one process, on the same weights and the same case (``../shared/data/brat
    Target: ours <= 0.6x MONAI. The gain from cropping to the brain is reported separately (our
    pipeline with ``crop_to_brain`` off), and ours is compared with its own pure network time (the
    time spent inside the network's forward calls; target <= 1.25x).
-2. **The default CPU plan** (2 mm "3d lowres", as ``make_plan`` chooses on a CPU): end-to-end time,
+2. **The 3-D CPU plan** (2 mm "3d lowres", as ``make_plan`` chooses on a CPU for ``--config 3d``): end-to-end time,
    network share, fp32 against ``--precision bf16`` (speed-up and per-label Dice agreement, target
    >= 0.99), and the peak resident memory of a separate ``predict`` process (target < 3 GB).
 3. **A folder of cases** (all 9 of ``brats2018_deepbrainseg``, the default plan): seconds per case
@@ -53,7 +53,7 @@ CHANNELS = ["T1", "T1c", "T2", "FLAIR"]
 
 
 def default_cpu_plan() -> dict:
-    """The plan ``make_plan`` makes for BraTS 2018 on a CPU (config 3d), written out."""
+    """The plan ``make_plan`` makes for BraTS 2018 on a CPU with ``config="3d"``, written out."""
     return {
         "format_version": 1, "dataset": "brats2018", "config": "3d", "channels": CHANNELS, "labels": TUMOUR,
         "num_classes": 4, "regions": {"WT": [1, 2, 3], "TC": [2, 3], "ET": [3]}, "region_based": False,
