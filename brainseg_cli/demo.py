@@ -23,6 +23,9 @@
    tumour set also over the WT/TC/ET regions) and two **HTML reports**
    (:func:`brainseg_cli.viz.report.write_report`): ``report.html`` (tissue model, with the
    fine-tuning curves) and ``tumour_report.html`` (tumour model, with the pretraining curves).
+6. **Export** (:func:`brainseg_cli.inference.export.export_model`) of the tumour model to ONNX and a
+   prediction of the first held-out tumour case on ONNX Runtime (``predict --engine onnxruntime``),
+   compared voxel by voxel with the PyTorch prediction of step 5.
 
 Output folder layout::
 
@@ -33,6 +36,7 @@ Output folder layout::
     datasets/tissue/ datasets/tissue_test/          links to the training and held-out tissue cases
     runs/pretrain/ runs/finetune/                   run folders (best.pt, metrics.csv, ...)
     predictions/tumour/ predictions/tissue/         predicted label maps
+    export/tumour.onnx predictions/tumour_onnx/     the exported tumour model and its prediction
     evaluation/{tumour,tissue}_results.{json,csv}   brainseg evaluate output
     report.html tumour_report.html                  self-contained HTML reports
     demo_summary.json                               the DemoSummary (Dice, paths, timings)
@@ -75,7 +79,7 @@ SUMMARY_FILE = "demo_summary.json"
 FREEZE = "first3"
 #: Stages of the demo, in order (progress descriptions and :attr:`DemoSummary.stage_seconds`).
 STAGES: tuple[str, ...] = ("tumour data", "convert", "pretrain", "tissue data", "finetune", "predict",
-                           "evaluate", "report")
+                           "evaluate", "report", "export")
 
 
 @dataclass(frozen=True)
@@ -215,6 +219,8 @@ class DemoSummary:
         report: the main HTML report (tissue model, fine-tuning curves).
         tumour_report: the tumour model's HTML report (pretraining curves).
         summary_json: ``demo_summary.json``.
+        export: the ONNX export of the tumour model and its check: ``{"model", "case", "prediction",
+            "equal_voxels"}`` (the share of the case's voxels whose ONNX Runtime label equals PyTorch's).
         stage_seconds: stage name (:data:`STAGES`) -> wall seconds.
         seconds: wall time of the whole demo.
         config: the resolved :class:`DemoConfig` as a dict.
@@ -227,6 +233,7 @@ class DemoSummary:
     report: Path
     tumour_report: Path
     summary_json: Path
+    export: dict[str, Any] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
@@ -241,6 +248,7 @@ class DemoSummary:
             "tissue": self.tissue.to_dict(),
             "report": str(self.report),
             "tumour_report": str(self.tumour_report),
+            "export": _json_safe(self.export),
             "stage_seconds": {k: round(v, 2) for k, v in self.stage_seconds.items()},
             "seconds": round(self.seconds, 2),
             "config": self.config,
@@ -478,6 +486,30 @@ def _predict_and_evaluate(*, stages: _Stages, checkpoint: Path, test_dataset: Pa
         progress=lambda case, done, total: stages.report(f"{name} {case}", done, total))
 
 
+def _export_and_check(checkpoint: Path, *, test_dataset: Path, out: Path) -> dict[str, Any]:
+    """Export ``checkpoint`` to ONNX, predict the first held-out case with it and compare with PyTorch's labels."""
+    from brainseg_cli.data.layout import load_dataset
+    from brainseg_cli.inference.export import ExportConfig, export_model
+    from brainseg_cli.inference.predict import PredictConfig, predict_folder
+    from brainseg_cli.io import read_image
+
+    exported = export_model(ExportConfig(checkpoint=checkpoint, output=out / "export" / "tumour.onnx"))
+    info = load_dataset(test_dataset)
+    case = info.training_cases[0]
+    images = out / "export" / "input"
+    images.mkdir(parents=True, exist_ok=True)
+    for file in sorted((test_dataset / "imagesTr").glob(f"{case}_[0-9][0-9][0-9][0-9]{info.file_ending}")):
+        (images / file.name).symlink_to(os.path.relpath(file.resolve(), images))
+    pred_dir = out / "predictions" / "tumour_onnx"
+    predict_folder(config=PredictConfig(models=(exported.output,), input=images, output=pred_dir,
+                                        engine="onnxruntime", device="cpu"))
+    onnx_labels = np.asarray(read_image(pred_dir / f"{case}{info.file_ending}").array)
+    torch_labels = np.asarray(read_image(out / "predictions" / "tumour" / f"{case}{info.file_ending}").array)
+    return {"model": str(exported.output), "case": case, "prediction": str(pred_dir / f"{case}{info.file_ending}"),
+            "equal_voxels": float((onnx_labels == torch_labels).mean()),
+            "max_logit_difference": exported.max_logit_difference}
+
+
 def _model_result(evaluation: Any, *, train: Any, test_dataset: Path, results_json: Path) -> ModelResult:
     from brainseg_cli.data.layout import load_dataset
     from brainseg_cli.metrics.evaluation import FOREGROUND_MEAN
@@ -496,7 +528,7 @@ def run_demo(*, config: DemoConfig, progress: Progress | None = None) -> DemoSum
     Args:
         config: output folder, seed, optional real BraTS folder and the budget.
         progress: optional callback ``(description, done, total)``; descriptions start with
-            ``"[k/8] <stage>"``.
+            ``"[k/9] <stage>"``.
 
     Returns:
         The :class:`DemoSummary` (Dice per label and region of both models, report paths, timings).
@@ -596,6 +628,10 @@ def run_demo(*, config: DemoConfig, progress: Progress | None = None) -> DemoSum
                                                          results=eval_dir / f"{name}_results.json",
                                                          run_dir=run.run_dir),
                                      progress=lambda d, done, total, n=name: stages.report(f"{n} {d}", done, total))
+
+    # 9. export the tumour model and predict one held-out case on ONNX Runtime
+    stages.start("export")
+    export = _export_and_check(pre.best_checkpoint, test_dataset=datasets / "tumour_test", out=out)
     stages.stop()
 
     summary = DemoSummary(
@@ -608,6 +644,7 @@ def run_demo(*, config: DemoConfig, progress: Progress | None = None) -> DemoSum
         report=reports["tissue"],
         tumour_report=reports["tumour"],
         summary_json=out / SUMMARY_FILE,
+        export=export,
         stage_seconds=dict(stages.seconds),
         seconds=time.perf_counter() - start,
         config=config.to_dict(),

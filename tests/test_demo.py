@@ -190,11 +190,12 @@ def test_default_demo(tmp_path, monkeypatch):
     res = runner.invoke(app, ["--threads", "1", "demo", "-o", str(out)])
     assert res.exit_code == 0, res.output
     assert f"report:        {out / 'report.html'}" in res.output
+    assert f"export:        {out / 'export' / 'tumour.onnx'} (ONNX Runtime labels equal PyTorch's on" in res.output
     for text in ("Tumour model", "Tissue model", "WT", "white matter", "finished in"):
         assert text in res.output
     for path in ("report.html", "tumour_report.html", "demo_summary.json", "runs/pretrain/best.pt",
                  "runs/finetune/best.pt", "runs/finetune/metrics.csv", "runs/finetune/transfer.json",
-                 "evaluation/tumour_results.json", "evaluation/tissue_results.csv"):
+                 "evaluation/tumour_results.json", "evaluation/tissue_results.csv", "export/tumour.onnx"):
         assert (out / path).is_file(), path
     summary = json.loads((out / "demo_summary.json").read_text())
     tumour, tissue = summary["tumour"], summary["tissue"]
@@ -206,6 +207,10 @@ def test_default_demo(tmp_path, monkeypatch):
     assert not set(tumour["cases"]) & set(load_dataset(out / "datasets" / "tumour").training_cases)
     assert not set(tissue["cases"]) & set(load_dataset(out / "datasets" / "tissue").training_cases)
     assert len(tumour["cases"]) == len(tissue["cases"]) == 3
+    # the exported tumour model predicts the first held-out case on ONNX Runtime as PyTorch does
+    export = summary["export"]
+    assert export["case"] == tumour["cases"][0] and Path(export["prediction"]).is_file()
+    assert export["equal_voxels"] >= 0.999 and export["max_logit_difference"] < 1e-2
     transfer = json.loads((out / "runs" / "finetune" / "transfer.json").read_text())
     assert "first3" in json.dumps(transfer)
     html = (out / "report.html").read_text()

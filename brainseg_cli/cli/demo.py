@@ -65,6 +65,9 @@ def _print_summary(summary) -> None:
         common.stdout_console.print(
             f"  {len(result.cases)} case(s); best validation Dice {_fmt(result.val_dice)} after "
             f"{result.epochs} epoch(s), trained in {result.seconds:.0f} s", markup=False)
+    if summary.export:
+        common.echo(f"export:        {summary.export['model']} (ONNX Runtime labels equal PyTorch's on "
+                    f"{summary.export['equal_voxels'] * 100:.3f} % of {summary.export['case']}'s voxels)")
     common.echo(f"report:        {summary.report}")
     common.echo(f"tumour report: {summary.tumour_report}")
     common.echo(f"outputs:       {summary.output_dir} (summary: {summary.summary_json})")

@@ -53,7 +53,7 @@ def checkpoint_metadata(ckpt: Mapping[str, Any]) -> dict[str, Any]:
 
 def _metadata_json(meta: Mapping[str, Any]) -> str:
     try:
-        return json.dumps(meta, sort_keys=True, allow_nan=True)
+        return json.dumps(meta, allow_nan=True)  # key order kept: regions are in output order
     except (TypeError, ValueError) as exc:  # checkpoints hold plain data only: a stranger's file
         raise CheckpointError(f"the checkpoint's metadata is not plain data ({exc})") from None
 

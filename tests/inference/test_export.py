@@ -57,6 +57,9 @@ def test_exports_carry_the_checkpoints_metadata_and_agree_with_pytorch(tiny, exp
         for key in ("plan", "channels", "labels", "regions", "postprocessing", "model", "training"):
             assert m[key] == json.loads(json.dumps(ckpt[key])), key
         assert "state_dict" not in m and m["exported_from"] == "best.pt" and m["export_version"] == 1
+        # orders carry meaning (regions are the outputs' order when region-based)
+        assert list(m["regions"]) == list(ckpt["regions"]) == ["WT", "TC", "ET"]
+        assert list(m["labels"]) == list(ckpt["labels"])
     net = build_model_from_checkpoint(ckpt).eval()
     session = OnnxRuntimeNetwork(exports["onnx"])
     with one_thread(), torch.no_grad():
