@@ -17,12 +17,14 @@ every file is written atomically; the input is never written to.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
 import math
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,6 +219,32 @@ def _volumes_from_output(case, main: Path, predictor, labels_mode: str, columns)
                 lut[src] = canon
         array = lut[array.astype(np.int64)]
     return _volumes(array, image.spacing, columns)
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``folder`` (``flock``; a no-op where the OS has none).
+
+    Concurrent ``predict`` runs into one output folder take it around their read-merge-write of
+    ``predictions.csv``, so no run's rows are lost to another's older copy of the table.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; runs into one folder are then last-writer-wins
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _update_csv(path: Path, volumes: dict[str, dict[str, float]], columns) -> None:
+    """Merge this run's rows into the table as it is on disk now (other runs may have added theirs)."""
+    with _folder_lock(path.parent):
+        _write_csv(path, _read_previous_csv(path) | volumes, columns)
 
 
 def _write_csv(path: Path, volumes: dict[str, dict[str, float]], columns) -> None:
@@ -436,12 +464,12 @@ def _predict_cases(cases: Sequence, *, config: PredictConfig, predictor, out: Pa
                 else:
                     predicted.append(case.case)
                     logger.info("case %s: predicted in %.1f s", case.case, time.perf_counter() - t0)
-                    _write_csv(csv_path, volumes | {k: v for k, v in previous.items() if k not in volumes}, columns)
+                    _update_csv(csv_path, volumes, columns)
             if progress is not None:
                 progress(case.case, done, total)
     finally:
         reader.close()
         if volumes or previous:
-            _write_csv(csv_path, {**previous, **volumes}, columns)
+            _update_csv(csv_path, volumes, columns)
     return PredictSummary(output=out, predicted=tuple(predicted), skipped=tuple(skipped), failed=tuple(failed),
                           csv=csv_path, seconds=time.perf_counter() - start, volumes=volumes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -240,3 +241,34 @@ def test_a_full_disk_leaves_no_partial_output_and_the_rerun_completes(tmp_path, 
     summary = predict_folder(config=config)
     assert summary.skipped == ("c0",) and summary.predicted == ("c1",)
     read_image(tmp_path / "out" / "c1.nii.gz")
+
+
+def _add_rows(args):
+    """One "predict run": adds its cases to the shared table one at a time, as _predict_cases does."""
+    from brainseg_cli.inference.predict import _update_csv
+
+    path, name, n = args
+    volumes = {}
+    for i in range(n):
+        volumes[f"{name}_{i:02d}"] = {"tumour": float(i)}
+        _update_csv(Path(path), volumes, [("tumour", 1)])
+
+
+@pytest.mark.fault
+def test_concurrent_runs_into_one_folder_keep_every_row(tmp_path):
+    """Issue #20: two predicts into one output folder; the table ends with the rows of both (it was
+    last-writer-wins: each run wrote its own rows over the table it had read at its start)."""
+    import csv
+    import multiprocessing
+
+    from brainseg_cli.inference.predict import _update_csv
+
+    path = tmp_path / "predictions.csv"
+    _update_csv(path, {"earlier": {"tumour": 1.5}}, [("tumour", 1)])  # a previous run's row stays too
+    with multiprocessing.get_context("fork").Pool(3) as pool:
+        pool.map(_add_rows, [(str(path), name, 15) for name in ("a", "b", "c")])
+    with path.open(newline="") as fh:
+        rows = {r["case"]: r["tumour_ml"] for r in csv.DictReader(fh)}
+    assert set(rows) == {"earlier"} | {f"{n}_{i:02d}" for n in "abc" for i in range(15)}
+    assert rows["earlier"] == "1.5000" and rows["c_14"] == "14.0000"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.csv"]  # no lock or temporary file left
