@@ -264,7 +264,8 @@ def table(record: dict) -> list[str]:
 
 #: How the README names the variants each brainseg run scores beside its headline.
 VARIANT_NAMES = {"last.pt": "`last.pt` (the final weights, with the decisions made for them)",
-                 "best.pt, thresholds 0.5": "`best.pt` with every region at 0.5 (no region growing)"}
+                 "best.pt, thresholds 0.5": "`best.pt` with every region at 0.5 (no region growing)",
+                 "best.pt as first decided": "`best.pt` with region growing unbounded in distance"}
 
 
 def variant_lines(record: dict) -> list[str]:

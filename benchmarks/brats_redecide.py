@@ -14,7 +14,10 @@ measured on many runs without training them again:
 3. ``brainseg evaluate --regions brats``; ``OUT/summary.md`` lists the mean Dice over the held-out
    cases for every run and the mean over the runs.
 
-    python benchmarks/brats_redecide.py RUN [RUN ...] -o OUT
+    python benchmarks/brats_redecide.py RUN [RUN ...] -o OUT [--variants best.pt] [--update-results]
+
+``--update-results`` then writes the re-decided ``best.pt`` scores into each run's ``results.json``
+(keeping the first ones), for ``brats_cv.py --aggregate``.
 """
 
 from __future__ import annotations
@@ -60,6 +63,21 @@ def redecide(source: Path, dest: Path) -> None:
                      precision=ckpt["training"].get("precision", "fp32"), device=torch.device("cpu"))
 
 
+def update_results(path: Path, scores: dict, *, decided: str, source: Path) -> None:
+    """Put re-decided ``best.pt`` scores into a run's ``results.json`` (see ``--update-results``)."""
+    import json
+
+    record = json.loads(path.read_text())
+    others = record.setdefault("others", {})
+    others.setdefault("best.pt as first decided", {"scores": record["scores"]})
+    record["scores"] = {c: scores[c] for c in record["scores"]}
+    record["mean"] = {r: {m: sum(record["scores"][c][r][m] for c in record["scores"]) / len(record["scores"])
+                          for m in ("dice", "hd95")} for r in REGIONS}
+    record["redecided"] = {"by": "benchmarks/brats_redecide.py --update-results", "output": str(source),
+                           "decisions": decided, "when": time.strftime("%Y-%m-%d %H:%M")}
+    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+
 def mean_dice(table: dict, region: str) -> float:
     return sum(table[c][region]["dice"] for c in table) / len(table)
 
@@ -68,7 +86,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", type=Path, nargs="+", help="brats_cpu_20min.py output folders (or their seed_N)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder (must not exist)")
+    parser.add_argument("--variants", nargs="+", choices=[v[0] for v in VARIANTS], default=[v[0] for v in VARIANTS],
+                        help="which checkpoint variants to predict and score (default: all three)")
+    parser.add_argument("--update-results", action="store_true",
+                        help="write the re-decided best.pt scores into each RUN's results.json (the scores first "
+                             "decided are kept there under others['best.pt as first decided']), so that "
+                             "brats_cv.py --aggregate tabulates what the current code predicts with the trained weights")
     args = parser.parse_args()
+    variants = [v for v in VARIANTS if v[0] in args.variants]
+    if args.update_results and "best.pt" not in args.variants:
+        sys.exit("error: --update-results needs the best.pt variant")
     if args.output.exists():
         sys.exit(f"error: output folder {args.output} exists")
     for run in args.runs:
@@ -86,7 +113,7 @@ def main() -> None:
         logs.mkdir()
         steps: list[dict] = []
         scores = {}
-        for label, checkpoint, extra in VARIANTS:
+        for label, checkpoint, extra in variants:
             suffix = "_" + label.replace(".pt", "").replace(", thresholds ", "_t").replace(".", "")
             run_step(f"predict{suffix}", ["predict", "--model", str(folder / "run" / f"{checkpoint}.pt"), "--input",
                                           str(run.resolve() / "brats18_heldout" / "imagesTr"), "--output",
@@ -98,22 +125,27 @@ def main() -> None:
                                            str(folder / f"evaluation{suffix}_cases.csv")], logs, steps)
             scores[label] = read_scores(folder / f"evaluation{suffix}_cases.csv")
         rows.append((run, scores, {c: checkpoint_decisions(folder / "run" / f"{c}.pt") for c in ("best", "last")}))
+        if args.update_results:
+            update_results(run.resolve() / "results.json", scores["best.pt"], decided=rows[-1][2]["best"],
+                           source=folder)
 
-    labels = [v[0] for v in VARIANTS]
+    labels = [v[0] for v in variants]
     lines = ["# End-of-training decisions made again (benchmarks/brats_redecide.py)", "",
              "Mean Dice over the held-out cases (mirroring TTA), WT per case in brackets.", "",
-             "| run | " + " | ".join(f"WT ({n})" for n in labels) + " | TC (best.pt) | ET (best.pt) | decisions (best.pt) |",
+             "| run | " + " | ".join(f"WT ({n})" for n in labels) + f" | TC ({labels[0]}) | ET ({labels[0]}) | decisions (best.pt) |",
              "|---|" + "---|" * (len(labels) + 3)]
     for run, scores, decided in rows:
         cells = []
         for n in labels:
             per_case = " / ".join(fmt(scores[n][c]["WT"]["dice"]) for c in sorted(scores[n]))
             cells.append(f"{fmt(mean_dice(scores[n], 'WT'))} ({per_case})")
-        lines.append(f"| {run} | " + " | ".join(cells) + f" | {fmt(mean_dice(scores['best.pt'], 'TC'))} | "
-                     f"{fmt(mean_dice(scores['best.pt'], 'ET'))} | {decided['best']} |")
+        head = labels[0]
+        lines.append(f"| {run} | " + " | ".join(cells) + f" | {fmt(mean_dice(scores[head], 'TC'))} | "
+                     f"{fmt(mean_dice(scores[head], 'ET'))} | {decided['best']} |")
+    head = labels[0]
     lines.append("| **mean** | " + " | ".join(
         f"**{fmt(sum(mean_dice(s[n], 'WT') for _, s, _ in rows) / len(rows))}**" for n in labels) + " | "
-        + " | ".join(fmt(sum(mean_dice(s['best.pt'], r) for _, s, _ in rows) / len(rows)) for r in REGIONS[1:])
+        + " | ".join(fmt(sum(mean_dice(s[head], r) for _, s, _ in rows) / len(rows)) for r in REGIONS[1:])
         + " | |")
     text = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(text)

@@ -17,7 +17,11 @@ lower threshold (``region_thresholds``, decided on the validation cases at the e
 threshold that are connected to it through such voxels. Growing only adds voxels joined to what the
 0.5 segmentation already kept, so a faint rim around a tumour is recovered while a faint blob
 elsewhere is not (a plain lower threshold followed by keep-largest-component can keep such a blob
-and drop a small tumour).
+and drop a small tumour). Growing reaches at most :data:`GROWTH_RADIUS` voxels beyond the region it
+starts from: it recovers under-segmented borders (on the cross-validated BraTS cases nearly all the
+tumour voxels a 0.5 segmentation misses lie within 3 voxels of it), and a low threshold can no longer
+leak through faint tissue across the brain (one held-out case grew from 26,000 to 95,000 voxels, median
+49 voxels away, whole-tumour Dice 0.82 -> 0.41).
 """
 
 from __future__ import annotations
@@ -271,14 +275,31 @@ def check_thresholds(thresholds: Sequence[float], *, count: int, what: str = "re
     return out
 
 
+#: Farthest a region grows beyond its 0.5 segmentation, in voxels (Euclidean).
+GROWTH_RADIUS = 3.0
+
+
+def _near(seed: np.ndarray, radius: float) -> np.ndarray:
+    """Voxels within ``radius`` (Euclidean, in voxels) of a ``True`` voxel of ``seed`` (seed included)."""
+    near = np.zeros(seed.shape, bool)
+    box = ndimage.find_objects(seed.astype(np.uint8))
+    if not box or box[0] is None:
+        return near
+    margin = int(np.ceil(radius))
+    crop = tuple(slice(max(0, s.start - margin), min(n, s.stop + margin)) for s, n in zip(box[0], seed.shape))
+    near[crop] = ndimage.distance_transform_edt(~seed[crop]) <= radius
+    return near
+
+
 def grow_regions(labels: np.ndarray, probs, *, regions: Sequence[Sequence[int]],
-                 thresholds: Sequence[float]) -> np.ndarray:
+                 thresholds: Sequence[float], radius: float = GROWTH_RADIUS) -> np.ndarray:
     """Grow each region into the connected voxels above its threshold (hysteresis; module docstring).
 
     Regions are grown in output order (WT, TC, ET). Region ``i`` as it stands in the label map
     (after the earlier regions grew) is the seed; the voxels with probability ``> thresholds[i]``
-    that are connected to a seed voxel through such voxels (full connectivity) join it and take
-    the region's label unless they already belong to the region. A threshold of 0.5 changes nothing.
+    within ``radius`` voxels of the seed that are connected to a seed voxel through such voxels
+    (full connectivity) join it and take the region's label unless they already belong to the
+    region. A threshold of 0.5 changes nothing.
 
     Args:
         labels: ``(*spatial)`` label map from :func:`probabilities_to_labels` (post-processed or not);
@@ -286,6 +307,7 @@ def grow_regions(labels: np.ndarray, probs, *, regions: Sequence[Sequence[int]],
         probs: ``(R, *spatial)`` sigmoid probabilities, one channel per region in ``regions`` order.
         regions: ordered regions (label lists), largest first.
         thresholds: one threshold per region, each in (0, 0.5].
+        radius: farthest growth from the seed, in voxels (Euclidean).
 
     Returns:
         A new label map of the same shape and dtype.
@@ -310,7 +332,7 @@ def grow_regions(labels: np.ndarray, probs, *, regions: Sequence[Sequence[int]],
         seed = np.isin(out, list(region))
         if not seed.any():
             continue
-        components, n = ndimage.label((channel > cut) | seed, structure=structure)
+        components, n = ndimage.label(((channel > cut) & _near(seed, radius)) | seed, structure=structure)
         seeded = np.zeros(n + 1, bool)
         seeded[np.unique(components[seed])] = True
         seeded[0] = False

@@ -8,6 +8,7 @@ import torch
 
 from brainseg_cli.errors import ConfigError
 from brainseg_cli.inference.postprocess import (
+    GROWTH_RADIUS,
     apply_largest_component,
     grow_regions,
     keep_largest_component,
@@ -121,6 +122,28 @@ def test_grow_regions_uses_full_connectivity():
     labels = probabilities_to_labels(probs, regions=[[1]])
     grown = grow_regions(labels, probs, regions=[[1]], thresholds=[0.2])
     assert grown[1, 1] == 1 and grown.sum() == 2
+
+
+def test_grow_regions_stops_at_the_growth_radius():
+    # a confident core at 0-1 with a faint tail of 12 voxels connected to it
+    probs = np.zeros((1, 1, 16), np.float32)
+    probs[0, 0, :2] = 0.9
+    probs[0, 0, 2:14] = 0.3
+    labels = probabilities_to_labels(probs, regions=[[1]])
+    grown = grow_regions(labels, probs, regions=[[1]], thresholds=[0.2])
+    # GROWTH_RADIUS (3) voxels beyond the 0.5 segmentation, not the whole tail
+    np.testing.assert_array_equal(grown[0], [1] * 5 + [0] * 11)
+    assert GROWTH_RADIUS == 3.0
+    wide = grow_regions(labels, probs, regions=[[1]], thresholds=[0.2], radius=100.0)
+    np.testing.assert_array_equal(wide[0], [1] * 14 + [0] * 2)
+    # in 3-D the bound is Euclidean from the nearest seed voxel (3, 3, 3): (4, 5, 5) is 3 away, (5, 5, 5) 3.5
+    cube = np.zeros((1, 12, 12, 12), np.float32)
+    cube[0, 2:4, 2:4, 2:4] = 0.9
+    for i in range(4, 10):
+        cube[0, i, i, i] = cube[0, i - 1, i, i] = cube[0, i, i - 1, i] = 0.3  # a faint connected diagonal
+    labels3 = probabilities_to_labels(cube, regions=[[1]])
+    grown3 = grow_regions(labels3, cube, regions=[[1]], thresholds=[0.2])
+    assert grown3[4, 4, 4] == 1 and grown3[4, 5, 5] == 1 and grown3[5, 5, 5] == 0 and grown3[9, 9, 9] == 0
 
 
 @pytest.mark.parametrize("thresholds, message", [
