@@ -238,7 +238,7 @@ def network_cost(name: str, *, spatial_dims: int, in_channels: int, num_classes:
 
 def _model_config(name: str, dims: int, patch: Sequence[int], spacing: Sequence[float], base: Mapping[str, Any]) -> dict:
     """The model config for a patch: ``unet`` gets nnU-Net topology, others their ``img_size`` if they take one."""
-    from brainseg_cli.models import model_options, plan_unet_topology
+    from brainseg_cli.models import img_size_multiple, model_options, plan_unet_topology
 
     config = dict(base)
     if name == "unet":
@@ -247,7 +247,8 @@ def _model_config(name: str, dims: int, patch: Sequence[int], spacing: Sequence[
             config.setdefault("kernel_sizes", kernels)
             config["strides"] = strides
     elif "img_size" in model_options(name) and "img_size" not in base:
-        config["img_size"] = [int(p) for p in patch]
+        multiple = img_size_multiple(name)
+        config["img_size"] = [int(math.ceil(p / multiple) * multiple) for p in patch]
     return config
 
 

@@ -25,6 +25,9 @@ class ModelInfo:
     """Spatial dimensionalities the architecture supports (2, 3 or both)."""
     description: str
     """One line for listings."""
+    reduced_precision: bool = True
+    """Whether ``--precision auto`` may train it in bf16 / fp16. False where it was measured to diverge
+    there with its default plan: ``auto`` then trains it in fp32 (an explicit ``--precision`` is obeyed)."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,10 @@ _REGISTRY: dict[str, _Entry] = {
     for entry in (
         _Entry(ClassicUNet2d, ModelInfo("unet2d-classic", (2,), "the Kaggle LGG / Ronneberger 2-D U-Net (BatchNorm, max-pool)")),
         _Entry(PlainUNet, ModelInfo("unet", (2, 3), "nnU-Net-style plain-conv U-Net, per-stage kernels and strides")),
-        _Entry(UNet3dCicek, ModelInfo("unet3d", (3,), "the 3-D U-Net of Cicek et al. (2016)")),
+        # unet3d: with its CPU plan (16^3 patches, batch 2: 2^3 voxels per channel at the bottleneck's
+        # BatchNorm) bf16 autocast returned NaN from the bottleneck convolution's weight gradient in
+        # epoch 0 on real BraTS cases (issue #23); fp32 trains. With 32^3 patches bf16 trains, at 8x the step.
+        _Entry(UNet3dCicek, ModelInfo("unet3d", (3,), "the 3-D U-Net of Cicek et al. (2016)", reduced_precision=False)),
         _Entry(UNETR, ModelInfo("unetr", (3,), "UNETR: ViT encoder over 16^3 patches, conv decoder")),
         _Entry(RatLesNetV2, ModelInfo("ratlesnet", (3,), "RatLesNetv2: small residual 3-D network")),
     )
@@ -56,6 +62,11 @@ def model_info(name: str) -> ModelInfo:
 def models_for_dims(spatial_dims: int) -> list[str]:
     """Names of the models that support ``spatial_dims`` (2 or 3)."""
     return [name for name, entry in _REGISTRY.items() if spatial_dims in entry.info.dims]
+
+
+def img_size_multiple(name: str) -> int:
+    """What a model's ``img_size`` option must be a multiple of on every axis (1 for none)."""
+    return int(getattr(look_up(name, _REGISTRY, "model").cls, "img_size_multiple", 1))
 
 
 def model_options(name: str) -> tuple[str, ...]:

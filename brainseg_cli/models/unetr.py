@@ -199,6 +199,9 @@ class UNETR(SegmentationModel):
 
     name = "unetr"
 
+    #: ``img_size`` must be a multiple of this on every axis (the planner pads patches to it).
+    img_size_multiple = PATCH_SIZE
+
     def __init__(
         self,
         *,

@@ -374,13 +374,15 @@ def cpu_supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_runtime(config: TrainConfig, *, local_rank: int | None = None) -> Runtime:
+def resolve_runtime(config: TrainConfig, *, local_rank: int | None = None, model: str | None = None) -> Runtime:
     """Resolve ``device``, ``precision`` and ``workers`` for this machine.
 
     Args:
         config: the training config.
         local_rank: the process's rank on this machine under DDP (picks ``cuda:<local_rank>``
             when the device is ``auto`` or ``cuda``).
+        model: the architecture to train: ``auto`` chooses a reduced precision only for one whose
+            registry entry allows it (:attr:`~brainseg_cli.models.registry.ModelInfo.reduced_precision`).
 
     Raises:
         ConfigError: CUDA asked for but unavailable, a CUDA index out of range, or ``fp16`` on a
@@ -416,6 +418,12 @@ def resolve_runtime(config: TrainConfig, *, local_rank: int | None = None) -> Ru
         # fp16, 17.1 in bf16 and 13.0 in fp32 with the same losses (benchmarks/gpu_check.sh), and
         # GPUs before Ampere have no bf16 at all.
         precision = "fp16"
+    if config.precision == "auto" and precision != "fp32" and model is not None:
+        from brainseg_cli.models import model_info
+
+        if not model_info(model).reduced_precision:
+            notes.append(f"--precision auto: fp32 for {model}, which diverges in {precision} with its default plan")
+            precision = "fp32"
     workers = config.workers
     if workers is None:
         workers = max(0, min(4, (os.cpu_count() or 1) - 1))

@@ -507,7 +507,8 @@ def fit(
         raise ConfigError("training needs at least one validation case")
     if not train_cases:
         raise ConfigError("training needs at least one training case")
-    runtime = resolve_runtime(config, local_rank=ctx.local_rank if ctx.distributed else None)
+    runtime = resolve_runtime(config, local_rank=ctx.local_rank if ctx.distributed else None,
+                              model=(plan.get("model") or {}).get("name"))
     for note in runtime.notes:
         logger.warning(note)
     logger.info("training on %s, precision %s (--precision %s)", runtime.device, runtime.precision, config.precision)
@@ -699,9 +700,10 @@ def fit(
             train_loss = float(losses.mean())
             last_loss = train_loss
             if not math.isfinite(train_loss):
-                raise BrainsegError(
-                    f"training diverged: the loss is {train_loss} in epoch {epoch} (lower --lr or use --precision fp32)"
-                )
+                chosen = (f" in {runtime.precision}, which --precision auto chose on this machine"
+                          if config.precision == "auto" and runtime.precision != "fp32" else "")
+                raise BrainsegError(f"training diverged: the loss is {train_loss} in epoch {epoch}{chosen} "
+                                    "(lower --lr or use --precision fp32)")
 
             # Decide (on rank 0) whether this epoch is the last and whether to validate it.
             train_seconds = time.perf_counter() - epoch_start

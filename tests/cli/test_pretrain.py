@@ -326,3 +326,35 @@ def test_real_brats_2_5d_predicts_on_the_input_grid(real_brats, tmp_path):
         assert pred.array.shape == ref.array.shape and np.allclose(pred.affine, ref.affine)
         assert set(np.unique(pred.array)) <= {0, 1, 2, 3}
 
+
+
+def _every_architecture_and_config() -> list[tuple[str, str, str]]:
+    from brainseg_cli.models import MODEL_NAMES, model_info
+
+    cases = [(name, f"{dims}d", "auto") for name in MODEL_NAMES for dims in model_info(name).dims]
+    return cases + [("unet", "2d", "bf16")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("model", "config", "precision"), _every_architecture_and_config())
+def test_every_architecture_trains_with_its_defaults_on_real_brats(real_brats, tmp_path, model, config, precision):
+    """Issue #23: each registered architecture, on each config it supports, trains on real BraTS cases with the
+    tool's default plan and precision (auto: bf16 autocast on CPUs with native bf16, except where the registry
+    says the architecture diverges there); one run in bf16 explicitly. The loss stays finite and falls.
+    Augmentation is off and the steps few, so the test is short; the plan (patch, batch, spacing) is the default."""
+    from brainseg_cli.models import model_info
+    from brainseg_cli.training.config import cpu_supports_bf16
+
+    run = tmp_path / "run"
+    res = runner.invoke(app, [*ONE_THREAD, "pretrain", str(real_brats), "-o", str(run), "--model", model, "--config",
+                              config, "--precision", precision, "--epochs", "4", "--iterations", "4", "--val-every",
+                              "100", "--workers", "0", "--device", "cpu", "--val-cases", "1", "--no-aug", "--seed", "1"])
+    assert res.exit_code == 0, res.output
+    losses = [float(r["train_loss"]) for r in _rows(run)]
+    assert len(losses) == 4 and all(np.isfinite(losses)), losses
+    assert losses[-1] < losses[0], losses
+    used = json.loads((run / "config.json").read_text())["runtime"]["precision"]
+    if precision == "auto":
+        assert used == ("bf16" if cpu_supports_bf16() and model_info(model).reduced_precision else "fp32")
+    else:
+        assert used == precision

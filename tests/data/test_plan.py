@@ -127,6 +127,15 @@ def test_cpu_config_rule(overrides, config, because):
     assert gpu["config"] == "3d" and gpu["decisions"]["config"].startswith("3d: near-isotropic spacing")
 
 
+def test_unetr_default_cpu_plan_pads_img_size_to_its_token_grid():
+    """Issue #23's every-architecture test found `--model unetr --config 3d` refused on BraTS-sized data: the
+    3-D CPU check built the network for the unpadded median box ([141, 168, 141], not multiples of 16)."""
+    plan = make_plan(fingerprint=fingerprint(), info=info(), device="cpu",
+                     overrides=PlanOverrides(model="unetr", config="3d"))
+    img = plan["model"]["config"]["img_size"]
+    assert img == plan["patch_size"] and all(s % 16 == 0 for s in img)
+
+
 def test_gpu_budget_is_memory():
     plan = make_plan(fingerprint=fingerprint(), info=info(), device="cuda:0")
     b = plan["budget"]
