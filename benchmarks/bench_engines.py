@@ -8,6 +8,8 @@ BraTS 2018 cases of ``../shared/data/brats2018_deepbrainseg`` (read in place) un
 * ``torch fp32``: PyTorch eager (``predict --engine torch``, the default),
 * ``torch bf16``: PyTorch eager under bf16 autocast (``--precision bf16``),
 * ``onnxruntime``: the network exported to ONNX and run by ONNX Runtime (``--engine onnxruntime``),
+* ``openvino``: the same graph compiled by OpenVINO for the CPU in fp32 (``--engine openvino``; skipped
+  when ``openvino`` is not installed),
 
 all through :class:`brainseg_cli.inference.predictor.Predictor` (the same preprocessing, sliding
 window, Gaussian weighting and post-processing; the case is prepared once and only the network part,
@@ -24,6 +26,7 @@ Target (issue #21): the best export engine >= 1.5x faster than torch eager fp32,
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -45,7 +48,8 @@ from brainseg_cli.training.pretrain import pretrain  # noqa: E402
 
 DATA = REPO / ".." / "shared" / "data" / "brats2018_deepbrainseg"
 TRAIN_CASES = ("Brats18_2013_11_1", "Brats18_CBICA_ABM_1")
-ENGINES = (("torch fp32", "torch", "fp32"), ("torch bf16", "torch", "bf16"), ("onnxruntime", "onnxruntime", "fp32"))
+ENGINES = (("torch fp32", "torch", "fp32"), ("torch bf16", "torch", "bf16"), ("onnxruntime", "onnxruntime", "fp32"),
+           ("openvino", "openvino", "fp32"))
 
 
 def link_cases(cases: list[str], target: Path) -> Path:
@@ -123,6 +127,8 @@ def main() -> None:
         for name, checkpoint in checkpoints.items():
             reference = None
             for engine_name, engine, precision in ENGINES:
+                if engine == "openvino" and importlib.util.find_spec("openvino") is None:
+                    continue
                 wall, cpu, labels = time_engine(checkpoint, image, args.case, engine=engine, precision=precision,
                                                 repeats=args.repeats)
                 row = {"network": name, "engine": engine_name, "seconds": wall, "cpu_seconds": cpu}

@@ -33,6 +33,7 @@ class Engine(str, Enum):
     auto = "auto"
     torch = "torch"
     onnxruntime = "onnxruntime"
+    openvino = "openvino"
 
 
 class LabelValues(str, Enum):
@@ -80,8 +81,8 @@ def predict(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Windows per network call.")] = 2,
     precision: Annotated[Precision, typer.Option("--precision", help="Network precision (bf16/fp16: autocast).")] = Precision.fp32,
     engine: Annotated[Engine, typer.Option("--engine", help="auto = each model file's own (.onnx exports on "
-                                           "onnxruntime, checkpoints on torch); onnxruntime also runs a checkpoint, "
-                                           "exported in memory.")] = Engine.auto,
+                                           "onnxruntime, checkpoints on torch); onnxruntime and openvino (CPU, "
+                                           "pip install openvino) also run a checkpoint, exported in memory.")] = Engine.auto,
     save_probabilities: Annotated[bool, typer.Option("--save-probabilities",
                                                      help="Also write <case>_probabilities.npz (float16).")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",

@@ -3,6 +3,8 @@
 * ``torch``: the checkpoint's PyTorch network (eager), or a TorchScript export.
 * ``onnxruntime``: the network as an ONNX graph run by ONNX Runtime (``onnxruntime`` from PyPI),
   from an ``.onnx`` file written by ``brainseg export``, or exported in memory from a checkpoint.
+* ``openvino``: the same ONNX graph compiled by OpenVINO for the CPU in fp32 (``pip install
+  openvino``, optional; the fastest engine on this project's CPU).
 
 An engine is wrapped as an :class:`torch.nn.Module` (:class:`OnnxRuntimeNetwork`) that takes and
 returns torch tensors, so every engine runs inside the same sliding window, test-time mirroring,
@@ -32,8 +34,8 @@ from torch import nn
 
 from brainseg_cli.errors import CheckpointError, ConfigError
 
-#: ``predict --engine`` choices.
-ENGINES: tuple[str, ...] = ("torch", "onnxruntime")
+#: Engines that run an ONNX graph.
+ONNX_ENGINES: tuple[str, ...] = ("onnxruntime", "openvino")
 #: ``brainseg export --format`` choices and the file ending each writes.
 EXPORT_FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".ts"}
 #: Key of the JSON metadata in an exported file.
@@ -178,6 +180,52 @@ class OnnxRuntimeNetwork(nn.Module):
         array = np.ascontiguousarray(x.detach().float().cpu().numpy())
         (logits,) = self.session.run(None, {self.input_name: array})[:1]
         return torch.from_numpy(logits).to(x.device)
+
+
+class OpenVinoNetwork(nn.Module):
+    """An ONNX graph compiled by OpenVINO for the CPU, behind the interface of a segmentation network.
+
+    Compiled with ``INFERENCE_PRECISION_HINT f32`` (OpenVINO would otherwise run bf16 on CPUs that
+    have it, which changes labels as bf16 autocast does) and a latency hint; ``forward`` as
+    :class:`OnnxRuntimeNetwork`.
+
+    Args:
+        model: the ONNX model (bytes) or a path to it.
+        device: ``cpu`` only.
+        threads: inference threads (default: torch's thread count).
+        source: named in error messages.
+    """
+
+    def __init__(self, model: bytes | Path, *, device: torch.device | str = "cpu", threads: int | None = None,
+                 source: str = "<onnx>") -> None:
+        super().__init__()
+        try:
+            import openvino
+        except ImportError:
+            raise ConfigError("the openvino engine needs the openvino package (pip install openvino)") from None
+        if torch.device(device).type != "cpu":
+            raise ConfigError(f"{source}: the openvino engine runs on the CPU; use --device cpu or another engine")
+        core = openvino.Core()
+        try:
+            graph = core.read_model(model=model if isinstance(model, bytes) else str(model))
+            self.compiled = core.compile_model(graph, "CPU", {
+                "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())})
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
+            raise CheckpointError(f"{source}: OpenVINO cannot compile the graph: {str(exc).splitlines()[0]}") from None
+        self.output = self.compiled.output(0)
+        self.source = source
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(x.detach().float().cpu().numpy())
+        return torch.from_numpy(np.array(self.compiled({0: array})[self.output])).to(x.device)
+
+
+def onnx_network(engine: str, model: bytes | Path, *, device: torch.device | str, source: str) -> nn.Module:
+    """The network of ``engine`` (one of :data:`ONNX_ENGINES`) for an ONNX graph."""
+    if engine == "openvino":
+        return OpenVinoNetwork(model, device=device, source=source)
+    return OnnxRuntimeNetwork(model, device=device, source=source)
 
 
 def read_onnx_metadata(path: Path) -> tuple[dict[str, Any], bytes]:

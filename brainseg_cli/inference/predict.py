@@ -81,8 +81,8 @@ class PredictConfig:
     """Continue after a case that cannot be read or predicted, and list the failures at the end."""
     engine: str = "auto"
     """What runs the network: ``auto`` (each model file's own: ONNX exports on ONNX Runtime,
-    checkpoints and TorchScript exports on PyTorch), ``torch`` or ``onnxruntime`` (a checkpoint is
-    exported to ONNX in memory)."""
+    checkpoints and TorchScript exports on PyTorch), ``torch``, ``onnxruntime`` or ``openvino``
+    (CPU; the ONNX engines export a checkpoint to ONNX in memory)."""
     region_threshold: float | None = None
     """Region-based models: every region grows into the connected voxels above this value, in
     (0, 0.5] (0.5 = no growing); None = the checkpoint's ``region_thresholds`` (decided on its

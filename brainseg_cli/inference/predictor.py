@@ -49,7 +49,7 @@ from brainseg_cli.io import Image
 logger = logging.getLogger(__name__)
 
 #: ``predict --engine`` choices: the model file's own engine, PyTorch, or ONNX Runtime.
-ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime")
+ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino")
 #: ``--lcc`` choices: the checkpoint's decision, every foreground voxel as one group, or none.
 LCC_MODES: tuple[str, ...] = ("auto", "on", "off")
 
@@ -140,14 +140,15 @@ def load_member(path: str | os.PathLike[str], *, device: torch.device, engine: s
     kind = engines.export_format(path)
     if kind == "onnx":
         if engine == "torch":
-            raise ConfigError(f"{path}: an ONNX export runs on --engine onnxruntime (or auto), not torch; give the "
-                              "checkpoint for the torch engine")
+            raise ConfigError(f"{path}: an ONNX export runs on --engine onnxruntime or openvino (auto: onnxruntime), "
+                              "not torch; give the checkpoint for the torch engine")
         meta, data = engines.read_onnx_metadata(path)
         _check_metadata(meta, path, required=[k for k in REQUIRED_KEYS if k != "state_dict"])
-        network: nn.Module = engines.OnnxRuntimeNetwork(data, device=device, source=str(path))
-        return EnsembleMember(path=path, checkpoint=meta, network=network, engine="onnxruntime")
+        chosen = "onnxruntime" if engine == "auto" else engine
+        network: nn.Module = engines.onnx_network(chosen, data, device=device, source=str(path))
+        return EnsembleMember(path=path, checkpoint=meta, network=network, engine=chosen)
     if kind == "torchscript":
-        if engine == "onnxruntime":
+        if engine in engines.ONNX_ENGINES:
             raise ConfigError(f"{path}: a TorchScript export runs on --engine torch (or auto); export to .onnx for "
                               "onnxruntime")
         meta, network = engines.read_torchscript(path, device=device)
@@ -158,13 +159,13 @@ def load_member(path: str | os.PathLike[str], *, device: torch.device, engine: s
     network = build_model_from_checkpoint(ckpt, source=path)
     network.eval()
     meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "train_state_dict", "optimizer", "scheduler", "rng")}
-    if engine == "onnxruntime":
+    if engine in engines.ONNX_ENGINES:
         plan = ckpt["plan"]
         in_channels = len(ckpt["channels"]) * (2 * int(plan.get("slice_context", 0)) + 1)
         example = torch.zeros(1, in_channels, *[int(p) for p in plan["patch_size"]])
         graph = engines.onnx_bytes(network, example)
-        return EnsembleMember(path=path, checkpoint=meta, network=engines.OnnxRuntimeNetwork(
-            graph, device=device, source=str(path)), engine="onnxruntime")
+        return EnsembleMember(path=path, checkpoint=meta, network=engines.onnx_network(
+            engine, graph, device=device, source=str(path)), engine=engine)
     return EnsembleMember(path=path, checkpoint=meta, network=network.to(device), engine="torch")
 
 
@@ -260,10 +261,10 @@ class Predictor:
                                           f"{first.path.name}'s {first.checkpoint[key]}; an ensemble must agree")
             if bool(m.plan.get("region_based")) != bool(first.plan.get("region_based")):
                 raise CheckpointError(f"checkpoint {m.path}: region-based outputs differ from {first.path.name}'s")
-        on_ort = [m.path.name for m in members if m.engine == "onnxruntime"]
-        if on_ort and precision != "fp32":
-            raise ConfigError(f"--precision {precision}: the onnxruntime engine runs the exported graph in fp32 "
-                              f"({', '.join(on_ort)}); use --precision fp32 or --engine torch")
+        on_onnx = [m.path.name for m in members if m.engine != "torch"]
+        if on_onnx and precision != "fp32":
+            raise ConfigError(f"--precision {precision}: the {members[0].engine} engine runs the exported graph in fp32 "
+                              f"({', '.join(on_onnx)}); use --precision fp32 or --engine torch")
         self.members = list(members)
         self.device = device
         self.precision = precision

@@ -72,8 +72,11 @@ def test_exports_carry_the_checkpoints_metadata_and_agree_with_pytorch(tiny, exp
         torch.testing.assert_close(module(x), net(x), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("model, engine", [("best.pt", "onnxruntime"), ("onnx", "auto"), ("torchscript", "auto")])
+@pytest.mark.parametrize("model, engine", [("best.pt", "onnxruntime"), ("onnx", "auto"), ("torchscript", "auto"),
+                                           ("best.pt", "openvino"), ("onnx", "openvino")])
 def test_every_engine_predicts_the_checkpoints_labels(tiny, exports, model, engine):
+    if engine == "openvino":
+        pytest.importorskip("openvino")
     path = tiny if model == "best.pt" else exports[model]
     info = load_dataset(tiny.parent.parent / "dataset")
     case = info.training_cases[0]
@@ -82,7 +85,8 @@ def test_every_engine_predicts_the_checkpoints_labels(tiny, exports, model, engi
         labels, probs = Predictor.from_checkpoints([tiny], device="cpu").predict(image, case=case)
         predictor = Predictor.from_checkpoints([path], device="cpu", engine=engine)
         other, other_probs = predictor.predict(image, case=case)
-    assert predictor.members[0].engine == ("torch" if model == "torchscript" else "onnxruntime")
+    assert predictor.members[0].engine == {"torchscript": "torch"}.get(model, "onnxruntime" if engine == "auto"
+                                                                       else engine)
     np.testing.assert_array_equal(other, labels)
     np.testing.assert_allclose(other_probs, probs, atol=1e-4)
 
@@ -173,9 +177,9 @@ def real_brats(shared_data, tmp_path_factory) -> Path:
     ("2.5d", {"target_spacing": [3.0, 3.0, 3.0], "slice_context": 1}),
     ("3d", {"target_spacing": [4.0, 4.0, 4.0], "patch_size": [32, 32, 32]}),
 ])
-def test_real_brats_onnxruntime_agrees_with_torch(real_brats, tmp_path, config, overrides):
-    """A briefly trained 2-D, 2.5-D and 3-D model: ONNX Runtime's labels equal PyTorch's on >= 99.9 % of the
-    voxels of a real case, Dice >= 0.999 per predicted label."""
+def test_real_brats_export_engines_agree_with_torch(real_brats, tmp_path, config, overrides):
+    """A briefly trained 2-D, 2.5-D and 3-D model: ONNX Runtime's (and OpenVINO's, where installed) labels equal
+    PyTorch's on >= 99.9 % of the voxels of a real case, Dice >= 0.999 per predicted label."""
     from brainseg_cli.training.config import TrainConfig
     from brainseg_cli.training.pretrain import pretrain
 
@@ -190,9 +194,17 @@ def test_real_brats_onnxruntime_agrees_with_torch(real_brats, tmp_path, config, 
         case = "Brats18_TCIA13_623_1"
         image, _ = read_case(info, case)
         expected, _ = Predictor.from_checkpoints([result.best_checkpoint], device="cpu").predict(image, case=case)
-        got, _ = Predictor.from_checkpoints([result.best_checkpoint], device="cpu",
-                                            engine="onnxruntime").predict(image, case=case)
-    assert (got == expected).mean() >= 0.999
-    for value in np.unique(expected)[1:]:
-        a, b = expected == value, got == value
-        assert 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.999, f"label {value}"
+        engines = ["onnxruntime"]
+        try:
+            import openvino  # noqa: F401
+
+            engines.append("openvino")
+        except ImportError:
+            pass
+        got = {engine: Predictor.from_checkpoints([result.best_checkpoint], device="cpu",
+                                                  engine=engine).predict(image, case=case)[0] for engine in engines}
+    for engine, labels in got.items():
+        assert (labels == expected).mean() >= 0.999, engine
+        for value in np.unique(expected)[1:]:
+            a, b = expected == value, labels == value
+            assert 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.999, f"{engine}: label {value}"
