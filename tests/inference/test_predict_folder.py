@@ -259,14 +259,16 @@ def test_concurrent_runs_into_one_folder_keep_every_row(tmp_path):
     """Issue #20: two predicts into one output folder; the table ends with the rows of both (it was
     last-writer-wins: each run wrote its own rows over the table it had read at its start)."""
     import csv
-    import multiprocessing
+    from concurrent.futures import ThreadPoolExecutor
 
     from brainseg_cli.inference.predict import _update_csv
 
     path = tmp_path / "predictions.csv"
     _update_csv(path, {"earlier": {"tumour": 1.5}}, [("tumour", 1)])  # a previous run's row stays too
-    with multiprocessing.get_context("fork").Pool(3) as pool:
-        pool.map(_add_rows, [(str(path), name, 15) for name in ("a", "b", "c")])
+    # Threads, not forked processes (a fork of a process holding torch's threads can deadlock): each
+    # update opens the folder anew, and flock locks of separate opens exclude each other within one process too.
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(_add_rows, [(str(path), name, 15) for name in ("a", "b", "c")]))
     with path.open(newline="") as fh:
         rows = {r["case"]: r["tumour_ml"] for r in csv.DictReader(fh)}
     assert set(rows) == {"earlier"} | {f"{n}_{i:02d}" for n in "abc" for i in range(15)}
