@@ -72,7 +72,7 @@ Progress = Callable[[str, int, int], None]
 #: Marker file that identifies a demo output folder (so a rerun may replace it).
 MARKER = ".brainseg-demo"
 #: Entries the demo writes into its output folder (what a rerun removes).
-OWN_ENTRIES: frozenset[str] = frozenset({MARKER, "sources", "datasets", "runs", "predictions", "evaluation",
+OWN_ENTRIES: frozenset[str] = frozenset({MARKER, "sources", "datasets", "runs", "predictions", "evaluation", "export",
                                          "report.html", "tumour_report.html", "demo_summary.json"})
 SUMMARY_FILE = "demo_summary.json"
 #: Freeze preset of the fine-tuning step.
