@@ -581,8 +581,10 @@ def run_demo(*, config: DemoConfig, progress: Progress | None = None) -> DemoSum
 
     # 3. pretrain on the tumour set
     stages.start("pretrain")
+    # softmax labels: on the phantoms' few steps they segment every label; region-based outputs (the
+    # default for BraTS-like data, tuned on real scans) left the small non-enhancing label empty
     overrides: dict[str, Any] = {"config": "3d", "model": "unet", "patch_size": config.patch_size,
-                                 "batch_size": config.batch_size,
+                                 "batch_size": config.batch_size, "regions": "none",
                                  "model_config": {"base_features": config.base_features}}
     if config.data is not None:
         overrides["target_spacing"] = (float(config.data_spacing),) * 3
