@@ -46,11 +46,24 @@ EXPORT_VERSION = 1
 _NOT_METADATA = ("state_dict", "train_state_dict", "optimizer", "scheduler", "rng")
 
 
+def without_weights(ckpt: Mapping[str, Any]) -> dict[str, Any]:
+    """The checkpoint without weights and resume state: what prediction needs beside the network."""
+    return {k: v for k, v in ckpt.items() if k not in _NOT_METADATA}
+
+
 def checkpoint_metadata(ckpt: Mapping[str, Any]) -> dict[str, Any]:
-    """The checkpoint without weights and resume state: what prediction needs beside the graph."""
-    meta = {k: v for k, v in ckpt.items() if k not in _NOT_METADATA}
-    meta["export_version"] = EXPORT_VERSION
-    return meta
+    """What an export stores: :func:`without_weights` plus ``export_version``."""
+    return {**without_weights(ckpt), "export_version": EXPORT_VERSION}
+
+
+def example_window(ckpt: Mapping[str, Any], *, seed: int | None = None) -> torch.Tensor:
+    """One network input window ``(1, C, *patch_size)`` of a checkpoint's plan (C counts the 2.5-D
+    neighbour slices): zeros, or standard-normal values drawn with ``seed``."""
+    plan = ckpt["plan"]
+    shape = (1, len(ckpt["channels"]) * (2 * int(plan.get("slice_context", 0)) + 1), *[int(p) for p in plan["patch_size"]])
+    if seed is None:
+        return torch.zeros(shape)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
 def _metadata_json(meta: Mapping[str, Any]) -> str:

@@ -23,6 +23,7 @@ from brainseg_cli.inference.engines import (
     EXPORT_FORMATS,
     OnnxRuntimeNetwork,
     checkpoint_metadata,
+    example_window,
     onnx_bytes,
     read_torchscript,
     torchscript_bytes,
@@ -80,14 +81,6 @@ class ExportResult:
     """Largest absolute difference of the export's logits from PyTorch's on one random window."""
 
 
-def _example(ckpt: dict, *, batch: int = 1) -> torch.Tensor:
-    plan = ckpt["plan"]
-    in_channels = int(plan["model"]["in_channels"]) if isinstance(plan.get("model"), dict) and \
-        "in_channels" in plan["model"] else len(ckpt["channels"])
-    generator = torch.Generator().manual_seed(0)
-    return torch.randn(batch, in_channels, *[int(p) for p in plan["patch_size"]], generator=generator)
-
-
 def export_model(config: ExportConfig) -> ExportResult:
     """Export a checkpoint's network with its metadata, atomically, and check the export.
 
@@ -105,7 +98,7 @@ def export_model(config: ExportConfig) -> ExportResult:
     network = build_model_from_checkpoint(ckpt, source=config.checkpoint).eval()
     meta = checkpoint_metadata(ckpt)
     meta["exported_from"] = config.checkpoint.name
-    example = _example(ckpt)
+    example = example_window(ckpt, seed=0)
     with torch.no_grad():
         reference = network(example)
         reference = reference[0] if isinstance(reference, (list, tuple)) else reference

@@ -158,12 +158,9 @@ def load_member(path: str | os.PathLike[str], *, device: torch.device, engine: s
     _check_metadata(ckpt, path, required=[])
     network = build_model_from_checkpoint(ckpt, source=path)
     network.eval()
-    meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "train_state_dict", "optimizer", "scheduler", "rng")}
+    meta = engines.without_weights(ckpt)
     if engine in engines.ONNX_ENGINES:
-        plan = ckpt["plan"]
-        in_channels = len(ckpt["channels"]) * (2 * int(plan.get("slice_context", 0)) + 1)
-        example = torch.zeros(1, in_channels, *[int(p) for p in plan["patch_size"]])
-        graph = engines.onnx_bytes(network, example)
+        graph = engines.onnx_bytes(network, engines.example_window(ckpt))
         return EnsembleMember(path=path, checkpoint=meta, network=engines.onnx_network(
             engine, graph, device=device, source=str(path)), engine=engine)
     return EnsembleMember(path=path, checkpoint=meta, network=network.to(device), engine="torch")

@@ -3,7 +3,7 @@ predict what the checkpoint predicts (issue #21)."""
 
 from __future__ import annotations
 
-import contextlib
+import importlib.util
 import json
 from pathlib import Path
 
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.checkpoints import tiny_trained_checkpoint
+from helpers.threads import one_thread
 from typer.testing import CliRunner
 
 from brainseg_cli.checkpoint import build_model_from_checkpoint, load_checkpoint
@@ -23,16 +24,6 @@ from brainseg_cli.inference.predict import PredictConfig, predict_folder
 from brainseg_cli.inference.predictor import Predictor
 
 runner = CliRunner()
-
-
-@contextlib.contextmanager
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -194,13 +185,7 @@ def test_real_brats_export_engines_agree_with_torch(real_brats, tmp_path, config
         case = "Brats18_TCIA13_623_1"
         image, _ = read_case(info, case)
         expected, _ = Predictor.from_checkpoints([result.best_checkpoint], device="cpu").predict(image, case=case)
-        engines = ["onnxruntime"]
-        try:
-            import openvino  # noqa: F401
-
-            engines.append("openvino")
-        except ImportError:
-            pass
+        engines = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
         got = {engine: Predictor.from_checkpoints([result.best_checkpoint], device="cpu",
                                                   engine=engine).predict(image, case=case)[0] for engine in engines}
     for engine, labels in got.items():

@@ -5,7 +5,6 @@ BraTS 2015 and -> the MRBrainS18-layout case)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.checkpoints import tiny_trained_checkpoint
+from helpers.threads import one_thread
 from torch import nn
 
 from brainseg_cli import __version__
@@ -40,17 +40,6 @@ from brainseg_cli.training.finetune import (
 
 SHAPE = (32, 32, 24)
 FAST = {"iterations_per_epoch": 2, "workers": 0, "device": "cpu", "val_cases": 1, "augment": False}
-
-
-@contextlib.contextmanager
-def one_thread():
-    """One torch thread: on a loaded 2-core machine, 2 threads made these tiny steps 10-70x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)
