@@ -12,7 +12,7 @@ BraTS 2018 cases of ``../shared/data/brats2018_deepbrainseg`` (read in place, ne
    learning-rate schedule follows the clock (it is re-aimed after every epoch at the steps the
    budget still allows), validation every 2 epochs and after the last. ``--config``,
    ``--precision``, ``--slice-weighting``, ``--slice-context``, ``--aug-preset``, ``--loss``,
-   ``--ema`` and ``--batch-dice/--sample-dice`` pass other values (only options given reach pretrain);
+   ``--ema``, ``--batch-dice/--sample-dice`` and ``--options-file`` pass other values (only options given reach pretrain);
 3. ``brainseg predict`` the held-out dataset's ``imagesTr`` with ``best.pt`` (``--checkpoint best``,
    the default: the epoch with the best validation Dice), with ``--tta`` (mirroring, as nnU-Net
    predicts by default; ``--no-tta`` to switch it off); then again with the other checkpoint
@@ -346,6 +346,9 @@ def main() -> None:
                         help="pretrain --batch-dice / --sample-dice (default: the plan's, per sample)")
     parser.add_argument("--loss", choices=("dice-ce", "dice"), default=None,
                         help="pretrain --loss (default: pretrain's, dice-ce: Dice + BCE for the regions)")
+    parser.add_argument("--options-file", type=Path, default=None, metavar="FILE",
+                        help="pretrain --options-file (JSON/TOML): options without a flag here, e.g. "
+                             '{"model_config": {"base_features": 32}}')
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                         help="predict with mirroring test-time augmentation (default on, as nnU-Net predicts)")
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
@@ -408,7 +411,8 @@ def run_once(args: argparse.Namespace, seed: int, out: Path) -> dict[str, dict]:
                 "--epochs", str(args.epochs), "--seed", str(seed)]
     given = {"--config": args.config, "--precision": args.precision, "--aug-preset": args.aug_preset,
              "--loss": args.loss, "--slice-weighting": args.slice_weighting, "--slice-context": args.slice_context,
-             "--ema": None if args.ema is None else f"{args.ema:g}"}
+             "--ema": None if args.ema is None else f"{args.ema:g}",
+             "--options-file": None if args.options_file is None else args.options_file.resolve()}
     pretrain += [str(v) for option, value in given.items() if value is not None for v in (option, value)]
     if args.batch_dice is not None:
         pretrain += ["--batch-dice" if args.batch_dice else "--sample-dice"]
