@@ -85,9 +85,36 @@ def max_pool_nd(spatial_dims: int) -> type[nn.Module]:
     return nn.MaxPool2d if spatial_dims == 2 else nn.MaxPool3d
 
 
+class _Fp32Statistics:
+    """Batch normalisation whose statistics are computed in float32 under autocast (issue #23).
+
+    PyTorch's CPU autocast runs ``batch_norm`` in the input's dtype: in bf16 the batch mean and
+    variance of a deep level (few voxels per channel, values far from zero) lose their precision,
+    the variance cancels to nothing and training diverges (``unet3d`` on real BraTS in bf16). This
+    computes the layer in float32 and returns the input's dtype; without autocast it is the PyTorch
+    layer unchanged (same parameters, buffers and state-dict keys, so checkpoints load either way).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        device = x.device.type
+        if x.dtype in (torch.float16, torch.bfloat16) or (
+                device in ("cpu", "cuda") and torch.is_autocast_enabled(device)):
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                return super().forward(x.float()).to(x.dtype)  # type: ignore[misc]
+        return super().forward(x)  # type: ignore[misc]
+
+
+class BatchNorm2d(_Fp32Statistics, nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` with float32 statistics under autocast (:class:`_Fp32Statistics`)."""
+
+
+class BatchNorm3d(_Fp32Statistics, nn.BatchNorm3d):
+    """``nn.BatchNorm3d`` with float32 statistics under autocast (:class:`_Fp32Statistics`)."""
+
+
 def batch_norm_nd(spatial_dims: int) -> type[nn.Module]:
-    """``nn.BatchNorm2d`` or ``nn.BatchNorm3d``."""
-    return nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm3d
+    """:class:`BatchNorm2d` or :class:`BatchNorm3d` (float32 statistics under autocast)."""
+    return BatchNorm2d if spatial_dims == 2 else BatchNorm3d
 
 
 def instance_norm_nd(spatial_dims: int) -> type[nn.Module]:

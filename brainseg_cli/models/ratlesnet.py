@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from brainseg_cli.errors import ConfigError
-from brainseg_cli.models.base import SegmentationModel
+from brainseg_cli.models.base import BatchNorm3d, SegmentationModel
 
 
 class ResidualBlock(nn.Module):
@@ -29,10 +29,10 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.body = nn.Sequential(
             nn.ReLU(),
-            nn.BatchNorm3d(filters),
+            BatchNorm3d(filters),
             nn.Conv3d(filters, filters, kernel_size=3, padding=1),
             nn.ReLU(),
-            nn.BatchNorm3d(filters),
+            BatchNorm3d(filters),
             nn.Conv3d(filters, filters, kernel_size=3, padding=1),
         )
 
@@ -60,7 +60,7 @@ class _DecoderStage(nn.Module):
 
     def __init__(self, filters: int) -> None:
         super().__init__()
-        self.merge = nn.Sequential(nn.ReLU(), nn.BatchNorm3d(2 * filters), nn.Conv3d(2 * filters, filters, kernel_size=1))
+        self.merge = nn.Sequential(nn.ReLU(), BatchNorm3d(2 * filters), nn.Conv3d(2 * filters, filters, kernel_size=1))
         self.block = ResidualBlock(filters)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:

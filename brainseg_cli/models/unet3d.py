@@ -21,14 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from brainseg_cli.errors import ConfigError
-from brainseg_cli.models.base import SegmentationModel, UpConcatBlock
+from brainseg_cli.models.base import BatchNorm3d, SegmentationModel, UpConcatBlock
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int) -> list[nn.Module]:
     """Conv3x3x3 (with bias) -> BatchNorm (no learned scale/shift, as Caffe's BatchNorm layer) -> ReLU."""
     return [
         nn.Conv3d(in_ch, out_ch, kernel_size=3, padding=1),
-        nn.BatchNorm3d(out_ch, affine=False),
+        BatchNorm3d(out_ch, affine=False),
         nn.ReLU(inplace=True),
     ]
 

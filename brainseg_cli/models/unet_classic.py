@@ -22,17 +22,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from brainseg_cli.errors import ConfigError
-from brainseg_cli.models.base import SegmentationModel, UpConcatBlock
+from brainseg_cli.models.base import BatchNorm2d, SegmentationModel, UpConcatBlock
 
 
 def _double_conv(in_channels: int, features: int) -> nn.Sequential:
     """[Conv3x3 (no bias) -> BatchNorm -> ReLU] x 2, as in the Kaggle LGG U-Net."""
     return nn.Sequential(
         nn.Conv2d(in_channels, features, kernel_size=3, padding=1, bias=False),
-        nn.BatchNorm2d(features),
+        BatchNorm2d(features),
         nn.ReLU(inplace=True),
         nn.Conv2d(features, features, kernel_size=3, padding=1, bias=False),
-        nn.BatchNorm2d(features),
+        BatchNorm2d(features),
         nn.ReLU(inplace=True),
     )
 
