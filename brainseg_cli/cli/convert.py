@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import re
-from enum import Enum
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from brainseg_cli import choices
 from brainseg_cli.cli import common
 
-
-class Source(str, Enum):
-    """Source formats (``brainseg_cli.data.converters.CONVERTERS``)."""
-
-    lgg = "lgg"
-    brats = "brats"
-    msd = "msd"
-    mrbrains18 = "mrbrains18"
-    nifti = "nifti"
-
+Source = common.choice_enum("Source", choices.CONVERT_SOURCES, "Dataset sources.")
 
 HELP = (
     "Convert a public dataset into the brainseg / nnU-Net v2 raw dataset layout.\n\n"
@@ -72,6 +64,7 @@ def convert(
     label_map: Annotated[Optional[str], typer.Option(
         "--label-map", metavar="PRESET|PAIRS",
         help="nifti: brats2012, brats2015, brats2017, brats2023, msd, lgg, mrbrains18, or pairs like 2:1,1:2,4:3.")] = None,
+    as_json: common.JsonOption = False,
 ) -> None:
     from brainseg_cli.data.convert import ConvertConfig, convert_dataset
     from brainseg_cli.data.converters.nifti import parse_channel_option
@@ -89,7 +82,11 @@ def convert(
         def progress(description: str, done: int, total: int) -> None:
             bar.update(task, description=description, completed=done, total=total)
 
+        start = time.perf_counter()
         summary = common.run(convert_dataset, config=config, progress=progress)
+    if as_json:
+        common.emit_json("convert", inputs=config, result=summary, seconds=time.perf_counter() - start)
+        return
     _print_summary(summary)
 
 

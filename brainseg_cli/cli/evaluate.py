@@ -9,22 +9,12 @@ from typing import Annotated, Any, Optional
 import typer
 from typer.core import TyperCommand
 
+from brainseg_cli import choices
 from brainseg_cli.cli import common
 
+HD95Choice = common.choice_enum("HD95Choice", choices.HD95_MODES, "HD95 definitions (docs/DEFINITIONS.md §3).")
 
-class HD95Choice(str, Enum):
-    """HD95 definitions (docs/DEFINITIONS.md §3)."""
-
-    max = "max"
-    pooled = "pooled"
-
-
-class EmptyChoice(str, Enum):
-    """Empty-case policies (docs/DEFINITIONS.md §3)."""
-
-    brats = "brats"
-    nan = "nan"
-
+EmptyChoice = common.choice_enum("EmptyChoice", choices.EMPTY_POLICIES, "Empty-case policies (docs/DEFINITIONS.md §3).")
 
 class RegionsChoice(str, Enum):
     """Region sets: the reference's dataset.json regions, or BraTS WT/TC/ET."""

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from brainseg_cli import choices
 from brainseg_cli.cli import common
 
-
-class ExportFormat(str, Enum):
-    """Export formats."""
-
-    onnx = "onnx"
-    torchscript = "torchscript"
-
+ExportFormat = common.choice_enum("ExportFormat", choices.EXPORT_FORMATS, "Export formats.")
 
 HELP = (
     "Export a checkpoint's network to ONNX (dynamic batch and spatial axes) or TorchScript.\n\n"
@@ -36,12 +30,16 @@ def export(
     fmt: Annotated[Optional[ExportFormat], typer.Option(
         "--format", help="onnx or torchscript \\[default: from the output's ending].")] = None,
     opset: Annotated[int, typer.Option("--opset", min=13, max=21, help="ONNX opset version.")] = 17,
+    as_json: common.JsonOption = False,
 ) -> None:
     from brainseg_cli.inference.export import ExportConfig, export_model
 
     common.apply_threads()
     config = ExportConfig(checkpoint=model, output=output, format=fmt.value if fmt else None, opset=opset)
     result = common.run(export_model, config=config)
+    if as_json:
+        common.emit_json("export", inputs=config, result=result, seconds=result.seconds)
+        return
     common.stderr_console.print(
         f"exported {model} as {result.format} ({result.bytes / 1e6:.1f} MB, {result.seconds:.1f} s); logits within "
         f"{result.max_logit_difference:.2g} of PyTorch's", markup=False, soft_wrap=True)

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
+from brainseg_cli import choices
 from brainseg_cli.cli import common
 from brainseg_cli.cli import training_options as opts
 
-
-class Select(str, Enum):
-    """How --train-cases are chosen."""
-
-    random = "random"
-    lesion_balanced = "lesion-balanced"
-
+Select = common.choice_enum("Select", choices.SELECT_METHODS, "Case selection methods.")
 
 HELP = (
     "Fine-tune a pretrained checkpoint (--from, a best.pt or last.pt of `brainseg pretrain`) on DATASET "
@@ -89,6 +83,8 @@ def finetune(
     workers: opts.Workers = None,
     nproc: opts.Nproc = None,
     options_file: opts.OptionsFile = None,
+    bundle: opts.BundleOption = None,
+    as_json: common.JsonOption = False,
 ) -> None:
     for flag, value in (("--model", model), ("--config", config)):
         if value is not None:
@@ -115,8 +111,10 @@ def finetune(
                                  encoder_lr_scale=encoder_lr_scale, channel_map=pairs, train_cases=train_cases,
                                  select=select.value)
     result = opts.run_training(finetune_fn, dataset_dir=dataset, run_dir=output, finetune_config=finetune_config,
-                               train_config=train_config, plan_overrides=plan_overrides)
-    opts.print_train_summary(result)
+                               train_config=train_config, plan_overrides=plan_overrides, bundle=bundle)
+    opts.print_train_summary(result, command="finetune" if as_json else None,
+                             inputs={"dataset": dataset, "run_dir": output, "finetune_config": finetune_config,
+                                     "train_config": train_config, "plan_overrides": plan_overrides})
 
 
 def register(app: typer.Typer) -> None:

@@ -2,46 +2,21 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from brainseg_cli import choices
 from brainseg_cli.cli import common
 
+Lcc = common.choice_enum("Lcc", choices.LCC_MODES, "Keep-largest-component modes.")
 
-class Lcc(str, Enum):
-    """Keep-largest-component modes."""
+Precision = common.choice_enum("Precision", choices.PRECISIONS, "Network precisions.")
 
-    auto = "auto"
-    on = "on"
-    off = "off"
+Engine = common.choice_enum("Engine", choices.ENGINES, "Inference engines.")
 
-
-class Precision(str, Enum):
-    """Network precisions."""
-
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
-class Engine(str, Enum):
-    """What runs the network."""
-
-    auto = "auto"
-    torch = "torch"
-    onnxruntime = "onnxruntime"
-    openvino = "openvino"
-
-
-class LabelValues(str, Enum):
-    """Label values written."""
-
-    model = "model"
-    source = "source"
-
+LabelValues = common.choice_enum("LabelValues", choices.LABEL_MODES, "Label values written.")
 
 HELP = (
     "Segment images with a trained checkpoint (or an ensemble: repeat --model).\n\n"
@@ -70,8 +45,9 @@ def predict(
                                              show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", file_okay=False, help="Output folder (created).",
                                          show_default=False)],
-    model: Annotated[list[Path], typer.Option("--model", "-m", exists=True, dir_okay=False,
-                                              help="Checkpoint (best.pt) or export (brainseg export: .onnx, .ts); repeat for an ensemble "
+    model: Annotated[list[Path], typer.Option("--model", "-m",
+                                              help="Checkpoint (best.pt), export (brainseg export: .onnx, .ts) or the name of "
+                                                   "an installed bundle (brainseg models list); repeat for an ensemble "
                                                    "(probabilities averaged).",
                                               show_default=False)],
     tta: Annotated[bool, typer.Option("--tta", help="Average over mirrored inputs (all axis flips; 8x slower in 3-D).")] = False,
@@ -97,6 +73,7 @@ def predict(
         "--region-threshold", help="Region-based models (WT/TC/ET): grow every region into the connected voxels "
              "above this probability, in (0, 0.5]; default: the checkpoint's thresholds, decided on its "
              "validation cases (0.5 = no growing, as for older checkpoints).")] = None,
+    as_json: common.JsonOption = False,
 ) -> None:
     from brainseg_cli.inference.predict import PredictConfig, predict_folder
 
@@ -114,6 +91,9 @@ def predict(
             bar.update(task, description=description or "Predicting", completed=done, total=total)
 
         summary = common.run(predict_folder, config=config, progress=progress)
+    if as_json:
+        common.emit_json("predict", inputs=config, result=summary, seconds=summary.seconds)
+        return
     _print_summary(summary)
     if summary.failed:
         for _, message in summary.failed:

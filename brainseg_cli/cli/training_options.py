@@ -19,68 +19,25 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from brainseg_cli import choices
 from brainseg_cli.cli import common
 
+Optimizer = common.choice_enum("Optimizer", choices.OPTIMIZERS, "Optimiser presets.")
 
-class Optimizer(str, Enum):
-    """Optimiser presets."""
+Schedule = common.choice_enum("Schedule", choices.SCHEDULES, "Learning-rate schedules.")
 
-    sgd = "sgd"
-    adam = "adam"
+SliceWeighting = common.choice_enum("SliceWeighting", choices.SLICE_WEIGHTINGS,
+                                    "How a 2-D plan draws the slices that are not forced to hold foreground.")
 
+Loss = common.choice_enum("Loss", choices.TRAINING_LOSSES, "Training losses.")
 
-class Schedule(str, Enum):
-    """Learning-rate schedules."""
+AugmentPreset = common.choice_enum("AugmentPreset", choices.AUGMENT_PRESETS, "Augmentation presets.")
 
-    poly = "poly"
-    cosine = "cosine"
+Precision = common.choice_enum("Precision", choices.TRAIN_PRECISIONS, "Numeric precision of the forward pass.")
 
+Config = common.choice_enum("Config", choices.CONFIGS, "Network configuration.")
 
-class SliceWeighting(str, Enum):
-    """How a 2-D plan draws the slices that are not forced to hold foreground."""
-
-    uniform = "uniform"
-    foreground = "foreground"
-
-
-class Loss(str, Enum):
-    """Training losses."""
-
-    dice_ce = "dice-ce"
-    dice = "dice"
-
-
-class AugmentPreset(str, Enum):
-    """Augmentation presets."""
-
-    default = "default"
-    brats = "brats"
-    lgg = "lgg"
-
-
-class Precision(str, Enum):
-    """Numeric precision of the forward pass."""
-
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
-class Config(str, Enum):
-    """Network configuration."""
-
-    d2 = "2d"
-    d3 = "3d"
-
-
-class Regions(str, Enum):
-    """Region-based (sigmoid) training targets."""
-
-    brats = "brats"
-    dataset = "dataset"
-    none = "none"
-
+Regions = common.choice_enum("Regions", choices.REGION_CHOICES, "Region-based (sigmoid) training targets.")
 
 # ----------------------------------------------------------------------------- training options
 Epochs = Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs to train \\[default: 100].")]
@@ -119,6 +76,9 @@ Device = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda
 Workers = Annotated[Optional[int], typer.Option("--workers", min=0,
                                                help="Data-loading processes (0: in the main process).")]
 Nproc = Annotated[Optional[int], typer.Option("--nproc", min=1, help="Data-parallel processes on this machine.")]
+BundleOption = Annotated[Optional[str], typer.Option(
+    "--bundle", metavar="NAME", help="Also write RUN_DIR/NAME.bundle.zip at the end: best.pt with its model card "
+    "(install it with brainseg models install).", show_default=False)]
 OptionsFile = Annotated[Optional[Path], typer.Option("--options-file", exists=True, dir_okay=False,
                                                      help="JSON or TOML file of options.")]
 
@@ -270,14 +230,18 @@ def run_training(fn: Callable[..., Any], /, **kwargs: Any) -> Any:
         return common.run(fn, progress=progress, **kwargs)
 
 
-def print_train_summary(result: Any) -> None:
-    """The results table of a finished training run (a :class:`~brainseg_cli.training.fit.TrainResult`).
+def print_train_summary(result: Any, *, command: str | None = None, inputs: Mapping[str, Any] | None = None) -> None:
+    """The results table of a finished training run (a :class:`~brainseg_cli.training.fit.TrainResult`),
+    or with ``command`` (``--json``) its JSON document.
 
     Under torchrun every rank returns; only rank 0 prints.
     """
     import os
 
     if os.environ.get("RANK", "0") != "0":
+        return
+    if command is not None:
+        common.emit_json(command, inputs=inputs or {}, result=result, seconds=result.seconds)
         return
     from rich.table import Table
 
@@ -292,5 +256,7 @@ def print_train_summary(result: Any) -> None:
         table.add_row(f"  Dice {name}", f"{value:.4f}")
     on = [name for name, d in result.postprocessing.items() if d.get("largest_component")]
     table.add_row("post-processing", "largest component for " + ", ".join(on) if on else "none")
+    if getattr(result, "bundle", None) is not None:
+        table.add_row("bundle", str(result.bundle))
     common.stdout_console.print(table)
     common.echo(str(result.best_checkpoint))

@@ -27,7 +27,6 @@ One implementation used by ``predict``, training validation and ``evaluate``:
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import math
@@ -40,11 +39,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from brainseg_cli.errors import ConfigError, look_up
+from brainseg_cli.models.precision import AUTOCAST_DTYPES, autocast_context
 
 logger = logging.getLogger(__name__)
-
-#: ``--precision`` names -> autocast dtype (``None``: no autocast).
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 #: Activation names accepted by :func:`sliding_window_predict`.
 ACTIVATIONS: tuple[str, ...] = ("softmax", "sigmoid")
@@ -139,14 +136,6 @@ def network_device(network: nn.Module) -> torch.device:
     for tensor in itertools.chain(network.parameters(), network.buffers()):
         return tensor.device
     return torch.device("cpu")
-
-
-def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for ``precision`` on ``device`` (a no-op context for ``"fp32"``)."""
-    dtype = look_up(precision, PRECISIONS, "precision")
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -275,7 +264,7 @@ def sliding_window_predict(
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     if activation not in ACTIVATIONS:
         raise ConfigError(f"unknown activation '{activation}'; valid: {', '.join(ACTIVATIONS)}")
-    look_up(precision, PRECISIONS, "precision")
+    look_up(precision, AUTOCAST_DTYPES, "precision")
     if not 0.0 <= overlap < 1.0:
         raise ConfigError(f"overlap must be in [0, 1), got {overlap}")
     dev = torch.device(device) if device is not None else network_device(network)

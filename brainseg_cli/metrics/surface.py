@@ -23,8 +23,10 @@ from typing import Literal
 
 import numpy as np
 
+from brainseg_cli import choices
+
 HD95Mode = Literal["max", "pooled"]
-HD95_MODES: tuple[str, ...] = ("max", "pooled")
+HD95_MODES: tuple[str, ...] = choices.HD95_MODES
 
 
 def bounding_box(mask: np.ndarray, *, margin: int = 0) -> tuple[slice, ...] | None:

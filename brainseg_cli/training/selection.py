@@ -22,12 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from brainseg_cli import choices
 from brainseg_cli.errors import ConfigError, InputError, did_you_mean
 
 logger = logging.getLogger(__name__)
 
 #: Selection methods of :func:`select_cases`.
-SELECT_METHODS: tuple[str, ...] = ("random", "lesion-balanced")
+SELECT_METHODS: tuple[str, ...] = choices.SELECT_METHODS
 
 
 def select_cases(
