@@ -90,10 +90,10 @@ def monai_pipeline(patch, augment: bool, dims: int):
 
 
 def monai_rate(arrays, plan, augment: bool, n: int) -> float:
-    dims = 2 if plan["config"] == "2d" else 3
-    pipe = monai_pipeline(plan["patch_size"], augment, dims)
+    dims = plan.spatial_dims
+    pipe = monai_pipeline(list(plan.patch_size), augment, dims)
     rng = np.random.default_rng(0)
-    axis = plan["slice_axis"]
+    axis = plan.slice_axis
 
     def one(_):
         data, seg = arrays[int(rng.integers(len(arrays)))]
@@ -162,9 +162,9 @@ def main() -> None:
                 ds = PatchDataset(source, cache.cases, seed=0, length=10**6, augment=augment)
                 ours = rate(lambda i: ds[i], args.samples)
                 ref = monai_rate(arrays, plan, augment, args.samples)
-                step = plan["budget"]["estimated_step_seconds"] or 0.3
-                wait = data_wait(ds, plan["batch_size"], step, args.wait_steps) if augment else float("nan")
-                rows.append(f"{name:22s} {'x'.join(map(str, plan['patch_size'])):>14s} {plan['batch_size']:>3d} "
+                step = (plan.budget or {}).get("estimated_step_seconds") or 0.3
+                wait = data_wait(ds, plan.batch_size, step, args.wait_steps) if augment else float("nan")
+                rows.append(f"{name:22s} {'x'.join(map(str, plan.patch_size)):>14s} {plan.batch_size:>3d} "
                             f"{t_prep:>11.1f} {'on' if augment else 'off':>4s} {ours:>10.1f} {ref:>8.1f} "
                             f"{ours / ref:>6.2f} {wait:>6.1%}")
                 print(rows[-1] if len(rows) > 1 else header + "\n" + rows[-1], flush=True)

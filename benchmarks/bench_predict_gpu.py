@@ -36,13 +36,13 @@ def main() -> None:
                        labels={"background": 0, "edema": 1, "non-enhancing tumour": 2, "enhancing tumour": 3},
                        regions={}, file_ending=".nii.gz", training_cases=(), test_cases=())
     plan = make_plan(fingerprint=fp, info=info, device="cuda")
-    m = plan["model"]
+    m = plan.model
     device = torch.device("cuda")
     torch.manual_seed(0)
-    net = build_model(m["name"], spatial_dims=m["spatial_dims"], in_channels=m["in_channels"],
-                      num_classes=m["num_classes"], **m["config"]).to(device).eval()
+    net = build_model(m.name, spatial_dims=m.spatial_dims, in_channels=m.in_channels,
+                      num_classes=m.num_classes, **m.config).to(device).eval()
     image = torch.randn(4, 240, 240, 155, device=device)
-    patch = plan["patch_size"]
+    patch = list(plan.patch_size)
     params = sum(p.numel() for p in net.parameters()) / 1e6
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; unet {params:.1f}M parameters, "
           f"patch {patch}, image (4, 240, 240, 155), window batch 2, overlap 0.5")

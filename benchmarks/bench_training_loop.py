@@ -29,8 +29,8 @@ import torch
 from brainseg_cli.losses import DeepSupervisionLoss, build_loss
 from brainseg_cli.models import build_model
 from brainseg_cli.training.config import TrainConfig
-from brainseg_cli.training.fit import StepSchedule, fit
-from brainseg_cli.training.optim import build_optimizer
+from brainseg_cli.training.fit import fit
+from brainseg_cli.training.optim import StepSchedule, build_optimizer
 
 LABELS = {"background": 0, "a": 1, "b": 2}
 

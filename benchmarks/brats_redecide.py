@@ -1,7 +1,7 @@
 """Make the end-of-training decisions again for finished 20-minute BraTS runs, and score them.
 
 The decisions stored in a checkpoint at the end of training (keep-largest-component per label, then
-the threshold each region grows to; :func:`brainseg_cli.training.fit.decide_and_store`) depend only
+the threshold each region grows to; :func:`brainseg_cli.training.decisions.decide_and_store`) depend only
 on the trained weights and the validation case. This script makes them again, with the current
 code, for runs of ``benchmarks/brats_cpu_20min.py``, so a change to the decision rules can be
 measured on many runs without training them again:
@@ -45,7 +45,7 @@ def redecide(source: Path, dest: Path) -> None:
     from brainseg_cli.checkpoint import build_model_from_checkpoint, load_checkpoint
     from brainseg_cli.data.cache import open_cache
     from brainseg_cli.data.datasets import CachedCases
-    from brainseg_cli.training.fit import decide_and_store
+    from brainseg_cli.training.decisions import decide_and_store
     from brainseg_cli.training.validation import validation_entities
 
     plan = json.loads((source / "plan.json").read_text())

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import random
 import re
 import warnings
 import zipfile
@@ -37,8 +38,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from brainseg_cli.errors import CheckpointError, OutputError
+from brainseg_cli import __version__
+from brainseg_cli.data.plan_schema import Plan, plan_data
+from brainseg_cli.errors import BrainsegError, CheckpointError, OutputError
 from brainseg_cli.io.atomic import atomic_write
+from brainseg_cli.models import build_model
 
 logger = logging.getLogger(__name__)
 
@@ -271,9 +275,6 @@ def build_model_from_checkpoint(ckpt: Mapping[str, Any], *, source: str | os.Pat
     Raises:
         CheckpointError: the model name is unknown or the weights do not fit the architecture.
     """
-    from brainseg_cli.errors import BrainsegError
-    from brainseg_cli.models import build_model
-
     source = "<memory>" if source is None else str(source)
     spec = ckpt["model"]
     try:
@@ -289,3 +290,85 @@ def build_model_from_checkpoint(ckpt: Mapping[str, Any], *, source: str | os.Pat
         raise CheckpointError(f"checkpoint {source}: weights do not fit model '{spec['name']}': {summary}") from None
     model.eval()
     return model
+
+
+# ----------------------------------------------------------------------------------- RNG state
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """The global RNG states (torch CPU and CUDA, NumPy, Python) as checkpoint-safe data."""
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": _numpy_state_to_safe(np.random.get_state()),
+        "python": _python_state_to_safe(random.getstate()),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
+    """Restore what :func:`rng_state` saved."""
+    torch.set_rng_state(state["torch"].to(torch.uint8).cpu())
+    np.random.set_state(_numpy_state_from_safe(state["numpy"]))
+    random.setstate(_python_state_from_safe(state["python"]))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].to(torch.uint8).cpu(), device)
+
+
+def _numpy_state_to_safe(state: tuple) -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = state
+    return {"name": name, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _numpy_state_from_safe(state: Mapping[str, Any]) -> tuple:
+    keys = state["keys"].numpy().astype(np.uint32)
+    return (state["name"], keys, int(state["pos"]), int(state["has_gauss"]), float(state["cached"]))
+
+
+def _python_state_to_safe(state: tuple) -> dict[str, Any]:
+    version, internal, gauss = state
+    return {"version": version, "state": list(internal), "gauss": gauss}
+
+
+def _python_state_from_safe(state: Mapping[str, Any]) -> tuple:
+    return (state["version"], tuple(int(v) for v in state["state"]), state["gauss"])
+
+
+# ----------------------------------------------------------------------------------- payload
+def bare_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict with tensors cloned to the CPU."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def checkpoint_payload(*, model: nn.Module, plan: Plan | Mapping[str, Any], labels: Mapping[str, int],
+                       regions: Mapping[str, Any], postprocessing: Mapping[str, Mapping[str, bool]],
+                       training: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor],
+                       resume: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One checkpoint's content in the key order of the module docstring.
+
+    Args:
+        model: the network (its ``name`` and ``config`` are stored; the weights come from ``state_dict``).
+        plan: the run's plan (stored as ``plan``; its ``channels`` also as ``channels``).
+        labels: ``{name: value}``.
+        regions: ``{name: [label values]}``.
+        postprocessing: ``{label name: {"largest_component": bool}}``.
+        training: the ``training`` section.
+        state_dict: the weights saved as ``state_dict`` (the weight average when there is one).
+        resume: what ``last.pt`` adds for ``--resume`` (``optimizer``, ``scheduler``, ``rng`` and,
+            with a weight average, ``train_state_dict``), or None.
+    """
+    stored = plan_data(plan)
+    data: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "tool_version": __version__,
+        "model": {"name": getattr(model, "name", type(model).__name__), "config": dict(getattr(model, "config", {}))},
+        "plan": stored,
+        "channels": list(stored.get("channels", [])),
+        "labels": dict(labels),
+        "regions": dict(regions),
+        "postprocessing": {k: dict(v) for k, v in postprocessing.items()},
+        "training": dict(training),
+        "state_dict": dict(state_dict),
+    }
+    data.update(resume or {})
+    return data

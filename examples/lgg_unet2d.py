@@ -136,7 +136,8 @@ def train(dataset: Path, run_dir: Path, *, size: int, base_filters: int, batch: 
     from brainseg_cli.data.plan import PlanOverrides, make_plan, save_plan
     from brainseg_cli.models import build_model
     from brainseg_cli.training.config import TrainConfig, resolve_runtime
-    from brainseg_cli.training.fit import fit, seed_everything
+    from brainseg_cli.training.fit import fit
+    from brainseg_cli.training.seeding import seed_everything
     from brainseg_cli.training.splits import split_cases
 
     config = TrainConfig(epochs=epochs, iterations_per_epoch=iterations, optimizer="adam", lr=1e-4,
@@ -155,9 +156,9 @@ def train(dataset: Path, run_dir: Path, *, size: int, base_filters: int, batch: 
     cache = open_cache(run_dir / "preprocessed", plan=plan)
     train_cases, val_cases = split_cases(list(info.training_cases), val_cases=1)
     seed_everything(seed)
-    spec = plan["model"]
-    model = build_model(spec["name"], spatial_dims=spec["spatial_dims"], in_channels=spec["in_channels"],
-                        num_classes=spec["num_classes"], **spec["config"])
+    spec = plan.model
+    model = build_model(spec.name, spatial_dims=spec.spatial_dims, in_channels=spec.in_channels,
+                        num_classes=spec.num_classes, **spec.config)
     data = CachedCases(cache, plan, augment=AugmentConfig.preset("lgg"))
     torch.set_float32_matmul_precision("high")
     return fit(model=model, plan=plan, dataset=data, train_cases=train_cases, val_cases=val_cases,

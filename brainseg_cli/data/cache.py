@@ -27,7 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from brainseg_cli.data.fingerprint import hash_str
+from brainseg_cli.data.layout import read_case
+from brainseg_cli.data.plan_schema import Plan, as_plan
+from brainseg_cli.data.preprocessing import preprocess_case
 from brainseg_cli.errors import InputError
+from brainseg_cli.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +42,10 @@ INDEX = "index.json"
 FOREGROUND_SAMPLES = 10000
 
 
-def key_hash(plan: Mapping[str, Any]) -> str:
+def key_hash(plan: Plan | Mapping[str, Any]) -> str:
     """Hash of the plan's preprocessing keys and its fingerprint hash (16 hex digits)."""
-    from brainseg_cli.data.plan import preprocessing_key
-
-    body = {"key": preprocessing_key(plan), "fingerprint": plan.get("fingerprint", {}).get("hash")}
+    plan = as_plan(plan)
+    body = {"key": plan.preprocessing_key(), "fingerprint": plan.fingerprint_hash}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
@@ -63,16 +67,12 @@ def foreground_coordinates(seg: np.ndarray, rng: np.random.Generator) -> np.ndar
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    from brainseg_cli.io import atomic_write
-
     with atomic_write(path) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, array)
 
 
 def _write_json(path: Path, data: Any) -> None:
-    from brainseg_cli.io import atomic_write
-
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
 
@@ -88,12 +88,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def preprocess_to_cache(info: Any, plan: Mapping[str, Any], case: str, folder: Path, khash: str) -> dict[str, Any]:
+def preprocess_to_cache(info: Any, plan: Plan, case: str, folder: Path, khash: str) -> dict[str, Any]:
     """Read, preprocess and store one case; return its properties (also written as ``<case>.json``)."""
-    from brainseg_cli.data.fingerprint import hash_str
-    from brainseg_cli.data.layout import read_case
-    from brainseg_cli.data.preprocessing import preprocess_case
-
     image, label = read_case(info, case, with_label=True)
     data, seg, pinfo = preprocess_case(image, plan, label=label)
     if seg is None:
@@ -102,8 +98,8 @@ def preprocess_to_cache(info: Any, plan: Mapping[str, Any], case: str, folder: P
     fg = foreground_coordinates(seg, rng)
     counts = np.bincount(seg.ravel(), minlength=1)
     slice_fg = None
-    if plan["config"] == "2d" and plan.get("slice_axis") is not None:
-        axis = int(plan["slice_axis"])
+    if plan.two_d and plan.slice_axis is not None:
+        axis = int(plan.slice_axis)
         other = tuple(a for a in range(3) if a != axis)
         slice_fg = [int(v) for v in np.count_nonzero(seg, axis=other)]
     _save_npy(folder / f"{case}_data.npy", data)
@@ -164,7 +160,7 @@ class PreprocessedCache:
         return self._props[case]
 
 
-def open_cache(folder: str | Path, *, plan: Mapping[str, Any] | None = None) -> PreprocessedCache:
+def open_cache(folder: str | Path, *, plan: Plan | Mapping[str, Any] | None = None) -> PreprocessedCache:
     """Open a built cache.
 
     Args:
@@ -192,7 +188,7 @@ def open_cache(folder: str | Path, *, plan: Mapping[str, Any] | None = None) -> 
 
 def build_cache(
     info: Any,
-    plan: Mapping[str, Any],
+    plan: Plan | Mapping[str, Any],
     *,
     folder: str | Path,
     cases: Sequence[str] | None = None,
@@ -203,7 +199,7 @@ def build_cache(
 
     Args:
         info: the :class:`~brainseg_cli.data.layout.DatasetInfo`.
-        plan: the plan dict.
+        plan: the plan.
         folder: the cache folder (created if missing).
         cases: cases to hold (default: all training cases).
         workers: processes preprocessing cases in parallel.
@@ -212,6 +208,7 @@ def build_cache(
     Returns:
         The :class:`PreprocessedCache`.
     """
+    plan = as_plan(plan)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cases = list(info.training_cases if cases is None else cases)
@@ -234,7 +231,7 @@ def build_cache(
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
-            futures = {case: pool.submit(preprocess_to_cache, info, dict(plan), case, folder, khash) for case in todo}
+            futures = {case: pool.submit(preprocess_to_cache, info, plan, case, folder, khash) for case in todo}
             for case, fut in futures.items():
                 props[case] = fut.result()
                 done += 1
@@ -246,9 +243,7 @@ def build_cache(
             done += 1
             if progress:
                 progress("preprocess", done, len(cases))
-    from brainseg_cli.data.plan import preprocessing_key
-
-    index = {"format_version": FORMAT_VERSION, "key": preprocessing_key(plan), "key_hash": khash,
+    index = {"format_version": FORMAT_VERSION, "key": plan.preprocessing_key(), "key_hash": khash,
              "cases": sorted(props)}
     _write_json(folder / INDEX, index)
     return PreprocessedCache(folder, index, props)

@@ -1,14 +1,14 @@
 """Training samples from the preprocessed cache: the training loop's cases and a torch Dataset.
 
-:class:`CachedCases` implements :class:`brainseg_cli.training.fit.TrainingCases`:
+:class:`CachedCases` implements :class:`brainseg_cli.training.batches.TrainingCases`:
 ``load_case(case)`` gives a whole preprocessed case (validation) and ``sample(case, rng=...,
 force_foreground=..., augment=...)`` one training patch:
 
-- 3-D plans: a ``plan["patch_size"]`` patch (:func:`brainseg_cli.data.sampling.choose_start`).
-- 2-D plans: a slice along ``plan["slice_axis"]`` cut to the in-plane ``patch_size``. The slice is
-  drawn with :func:`~brainseg_cli.data.sampling.slice_weights` (``plan["sampling"]``: uniform or
+- 3-D plans: a ``plan.patch_size`` patch (:func:`brainseg_cli.data.sampling.choose_start`).
+- 2-D plans: a slice along ``plan.slice_axis`` cut to the in-plane ``patch_size``. The slice is
+  drawn with :func:`~brainseg_cli.data.sampling.slice_weights` (``plan.sampling``: uniform or
   foreground-weighted, optionally never the first/last slice); a foreground-forced sample takes
-  the slice of a random foreground voxel and centres the patch on it. With ``plan["slice_context"]``
+  the slice of a random foreground voxel and centres the patch on it. With ``plan.slice_context``
   ``k > 0`` (2.5-D) the image is :func:`context_slab`: the slice and its ``k`` neighbours on each side
   as channels; intensity augmentation treats the ``2k + 1`` channels of one modality alike.
 - With ``augment=True``: the spatial transform is drawn first and applied while cutting, then
@@ -17,7 +17,7 @@ force_foreground=..., augment=...)`` one training patch:
 Case arrays are memory-mapped lazily in each process (worker processes open their own maps).
 :class:`PatchDataset` is a map-style :class:`torch.utils.data.Dataset` over the same sampler:
 item ``i`` is a pure function of ``(seed, rank, i)``, and foreground is forced on the items
-where ``floor((i + 1) f) > floor(i f)`` (``f = plan["sampling"]["foreground_fraction"]``, i.e.
+where ``floor((i + 1) f) > floor(i f)`` (``f = plan.sampling.foreground_fraction``, i.e.
 every third item by default), so exactly that fraction is oversampled.
 """
 
@@ -32,6 +32,7 @@ import numpy as np
 
 from brainseg_cli.data.augmentation import AugmentConfig, augment_intensity, mirror, sample_spatial
 from brainseg_cli.data.cache import PreprocessedCache
+from brainseg_cli.data.plan_schema import Plan, as_plan
 from brainseg_cli.data.sampling import choose_start, extract_patch, slice_weights
 from brainseg_cli.errors import InputError
 
@@ -48,23 +49,21 @@ class CachedCases:
         augment: the augmentation configuration used when ``sample(..., augment=True)``.
     """
 
-    def __init__(self, cache: PreprocessedCache, plan: Mapping[str, Any], *,
+    def __init__(self, cache: PreprocessedCache, plan: Plan | Mapping[str, Any], *,
                  augment: AugmentConfig = AugmentConfig()) -> None:
+        plan = as_plan(plan)
         self.cache = cache
-        self.plan = dict(plan)
+        self.plan = plan
         self.augment = augment
-        self.two_d = plan["config"] == "2d"
-        self.slice_axis = int(plan["slice_axis"]) if self.two_d else None
-        self.slice_context = int(plan.get("slice_context", 0)) if self.two_d else 0
-        self.patch_size = tuple(int(p) for p in plan["patch_size"])
-        if len(self.patch_size) != (2 if self.two_d else 3):
-            raise InputError(f"plan patch size {list(self.patch_size)} does not fit config {plan['config']}")
-        sampling = plan.get("sampling", {})
-        self.weighting = sampling.get("slice_weighting", "uniform")
-        self.drop_edges = bool(sampling.get("drop_edge_slices", False))
+        self.two_d = plan.two_d
+        self.slice_axis = int(plan.slice_axis) if self.two_d and plan.slice_axis is not None else None
+        self.slice_context = int(plan.slice_context) if self.two_d else 0
+        self.patch_size = tuple(int(p) for p in plan.patch_size)
+        self.weighting = plan.sampling.slice_weighting
+        self.drop_edges = bool(plan.sampling.drop_edge_slices)
         # Spatial axes of a sample, as axes of the preprocessed (x, y, z) grid.
         self.sample_axes = [a for a in range(3) if a != self.slice_axis] if self.two_d else [0, 1, 2]
-        self.mirror_axes = self._mirror_axes(str(plan.get("orientation", "LPS")))
+        self.mirror_axes = self._mirror_axes(plan.orientation)
         self._open: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._fg: dict[str, dict[int, np.ndarray]] = {}
         self._weights: dict[str, np.ndarray] = {}
@@ -219,7 +218,7 @@ class PatchDataset(_torch_dataset_base()):
         self.rank = int(rank)
         self.length = int(length)
         self.augment = augment
-        self.fraction = float(cases_source.plan.get("sampling", {}).get("foreground_fraction", 1.0 / 3.0))
+        self.fraction = float(cases_source.plan.sampling.foreground_fraction)
 
     def __len__(self) -> int:
         return self.length

@@ -1,7 +1,8 @@
 """The training plan: configuration, resolution, patch and batch size, normalisation and network.
 
-``make_plan`` turns a dataset fingerprint into a JSON-able plan (saved as ``plan.json`` and in
-every checkpoint). Every value can be overridden (:class:`PlanOverrides`); ``plan["decisions"]``
+``make_plan`` turns a dataset fingerprint into a :class:`~brainseg_cli.data.plan_schema.Plan`
+(saved as ``plan.json`` and in every checkpoint), one named rule (a ``_..._rule`` function) per
+decision. Every value can be overridden (:class:`PlanOverrides`); ``plan.decisions``
 says why each automatic value was chosen. The rules:
 
 - **Orientation**: the fingerprint's majority orientation (ITK axis codes); every case is
@@ -56,13 +57,36 @@ from typing import Any
 
 import numpy as np
 
+from brainseg_cli import choices
+from brainseg_cli.data.plan_schema import (
+    CONFIGS,
+    DEFAULT_FOREGROUND_FRACTION,
+    PLAN_VERSION,
+    LossSpec,
+    ModelSpec,
+    Normalization,
+    Plan,
+    Resampling,
+    Sampling,
+    as_plan,
+    is_int,
+    is_positive_number,
+    plan_data,
+)
 from brainseg_cli.data.preprocessing import NORMALIZATION_SCHEMES, check_orientation, reorient_values
 from brainseg_cli.data.resampling import ANISOTROPY_THRESHOLD
 from brainseg_cli.errors import ConfigError, InputError
+from brainseg_cli.io import atomic_write
+from brainseg_cli.models import (
+    build_model,
+    img_size_multiple,
+    model_info,  # the registry imports torch
+    model_options,
+    plan_unet_topology,
+)
 
 logger = logging.getLogger(__name__)
 
-PLAN_VERSION = 1
 #: Largest 2.5-D slice context (neighbours on each side of the slice).
 MAX_SLICE_CONTEXT = 3
 #: Default GPU memory budget (GB): nnU-Net's reference.
@@ -86,12 +110,9 @@ CPU_LOWRES_SPACING_MM = 2.0
 MAX_BATCH = 64
 #: A batch covers at most this fraction of the dataset's voxels (nnU-Net).
 MAX_BATCH_DATASET_FRACTION = 0.05
-#: Foreground-oversampled share of 3-D patches (nnU-Net: one third).
-DEFAULT_FOREGROUND_FRACTION = 1.0 / 3.0
 #: Region sets known by name (canonical labels, docs/DEFINITIONS.md §1-2).
 REGION_PRESETS: dict[str, dict[str, list[int]]] = {"brats": {"WT": [1, 2, 3], "TC": [2, 3], "ET": [3]}}
-CONFIGS = ("2d", "3d")
-SLICE_WEIGHTINGS = ("uniform", "foreground")
+SLICE_WEIGHTINGS: tuple[str, ...] = choices.SLICE_WEIGHTINGS
 
 
 @dataclass(frozen=True)
@@ -164,19 +185,19 @@ def check_overrides(ov: PlanOverrides) -> None:
     if ov.model_config is not None and not isinstance(ov.model_config, Mapping):
         raise bad("model_config", "a mapping of model options")
     if ov.patch_size is not None and not (sequence(ov.patch_size) and len(ov.patch_size) in (2, 3)
-                                          and all(_is_int(p) and p > 0 for p in ov.patch_size)):
+                                          and all(is_int(p) and p > 0 for p in ov.patch_size)):
         raise bad("patch_size", "2 (2-D) or 3 (3-D) positive integers")
-    if ov.batch_size is not None and not (_is_int(ov.batch_size) and ov.batch_size > 0):
+    if ov.batch_size is not None and not (is_int(ov.batch_size) and ov.batch_size > 0):
         raise bad("batch_size", "a positive integer")
     if ov.target_spacing is not None and not (sequence(ov.target_spacing) and len(ov.target_spacing) == 3
-                                              and all(_is_positive_number(v) for v in ov.target_spacing)):
+                                              and all(is_positive_number(v) for v in ov.target_spacing)):
         raise bad("target_spacing", "3 positive, finite spacings in mm")
-    if ov.slice_axis is not None and not (_is_int(ov.slice_axis) and ov.slice_axis in (0, 1, 2)):
+    if ov.slice_axis is not None and not (is_int(ov.slice_axis) and ov.slice_axis in (0, 1, 2)):
         raise bad("slice_axis", "0, 1 or 2")
-    if ov.slice_context is not None and not (_is_int(ov.slice_context) and 0 <= ov.slice_context <= MAX_SLICE_CONTEXT):
+    if ov.slice_context is not None and not (is_int(ov.slice_context) and 0 <= ov.slice_context <= MAX_SLICE_CONTEXT):
         raise bad("slice_context", f"an integer in 0..{MAX_SLICE_CONTEXT}")
     for name in ("memory_gb", "step_seconds", "cpu_gflops"):
-        if getattr(ov, name) is not None and not _is_positive_number(getattr(ov, name)):
+        if getattr(ov, name) is not None and not is_positive_number(getattr(ov, name)):
             raise bad(name, "a positive, finite number")
     for name in ("crop_to_brain", "deep_supervision", "drop_edge_slices", "batch_dice"):
         if getattr(ov, name) is not None and not isinstance(getattr(ov, name), (bool, np.bool_)):
@@ -238,8 +259,6 @@ def network_cost(name: str, *, spatial_dims: int, in_channels: int, num_classes:
 
 def _model_config(name: str, dims: int, patch: Sequence[int], spacing: Sequence[float], base: Mapping[str, Any]) -> dict:
     """The model config for a patch: ``unet`` gets nnU-Net topology, others their ``img_size`` if they take one."""
-    from brainseg_cli.models import img_size_multiple, model_options, plan_unet_topology
-
     config = dict(base)
     if name == "unet":
         if "strides" not in base and "depth" not in base:
@@ -280,7 +299,6 @@ def _meta_model(name: str, dims: int, in_ch: int, k: int, config: Mapping[str, A
     import torch
     import torch.nn.init as init
 
-    from brainseg_cli.models import build_model
 
     saved = {fn: getattr(init, fn) for fn in _INIT_FUNCTIONS if hasattr(init, fn)}
     try:
@@ -351,78 +369,69 @@ def nested_regions(regions: Mapping[str, Sequence[int]]) -> bool:
     return False
 
 
-def make_plan(
-    *,
-    fingerprint: Mapping[str, Any],
-    info: Any,
-    overrides: PlanOverrides = PlanOverrides(),
-    device: str = "cpu",
-) -> dict[str, Any]:
-    """Make the training plan (rules in the module docstring).
+@dataclass(frozen=True)
+class _Geometry:
+    """The fingerprint's geometry in the plan orientation's axes."""
 
-    Args:
-        fingerprint: from :func:`brainseg_cli.data.fingerprint.compute_fingerprint`.
-        info: the :class:`~brainseg_cli.data.layout.DatasetInfo` (channels, labels, regions).
-        overrides: user choices.
-        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (the device type decides the budget).
+    orientation: str
+    spacing: np.ndarray
+    spacing10: np.ndarray
+    shape: np.ndarray
+    eight_bit: bool
 
-    Returns:
-        The plan dict (keys in docs/ARCHITECTURE.md, "Planning and preprocessing (as built)").
+    @property
+    def ratio(self) -> float:
+        return float(self.spacing.max() / self.spacing.min())
 
-    Raises:
-        ConfigError: an invalid override or combination (one line naming the value).
-    """
-    from brainseg_cli.models import model_info  # the registry imports torch
+    @property
+    def anisotropic(self) -> bool:
+        return self.ratio > ANISOTROPY_THRESHOLD
 
-    ov = overrides
-    decisions: dict[str, str] = {}
-    device_type = str(device).split(":")[0]
-    if device_type not in ("cpu", "cuda"):
-        raise ConfigError(f"unknown device '{device}'; use cpu, cuda or cuda:N")
-    gpu = device_type == "cuda"
-    weighting = ov.slice_weighting or "uniform"
-    if weighting not in SLICE_WEIGHTINGS:
-        raise ConfigError(f"unknown slice weighting '{weighting}'; valid: {', '.join(SLICE_WEIGHTINGS)}")
 
-    # --- orientation, spacing, shapes (in the plan orientation's axes)
+def _orientation_rule(fingerprint: Mapping[str, Any], ov: PlanOverrides, decisions: dict[str, str]) -> _Geometry:
+    """The orientation (given, else the cases' majority) and the fingerprint's spacings and shape in its axes."""
     fp_orient = fingerprint["orientation"]
     orientation = check_orientation(ov.orientation) if ov.orientation else fp_orient
     decisions["orientation"] = ("given" if ov.orientation else "the majority orientation of the cases")
-    spacing = np.array(reorient_values(fingerprint["spacing_median"], fp_orient, orientation), dtype=float)
-    spacing10 = np.array(reorient_values(fingerprint["spacing_10th"], fp_orient, orientation), dtype=float)
-    shape = np.array(reorient_values(fingerprint["shape_median"], fp_orient, orientation), dtype=float)
-    eight_bit = all(c.get("eight_bit", False) for c in fingerprint["intensity"])
-    ratio = float(spacing.max() / spacing.min())
-    anisotropic = ratio > ANISOTROPY_THRESHOLD
+    return _Geometry(
+        orientation=orientation,
+        spacing=np.array(reorient_values(fingerprint["spacing_median"], fp_orient, orientation), dtype=float),
+        spacing10=np.array(reorient_values(fingerprint["spacing_10th"], fp_orient, orientation), dtype=float),
+        shape=np.array(reorient_values(fingerprint["shape_median"], fp_orient, orientation), dtype=float),
+        eight_bit=all(c.get("eight_bit", False) for c in fingerprint["intensity"]),
+    )
 
-    # --- configuration
+
+def _config_rule(ov: PlanOverrides, geo: _Geometry, *, gpu: bool, decisions: dict[str, str]) -> str:
+    """2-D or 3-D: given, implied by the patch or the model, anisotropy, 8-bit slices, the CPU recipe, else 3-D."""
     model_dims = model_info(ov.model).dims if ov.model else (2, 3)
+    ratio = geo.ratio
     if ov.config is not None:  # values and types of every override: check_overrides
-        config = ov.config
-        decisions["config"] = "given"
+        config, why = ov.config, "given"
     elif ov.patch_size is not None:
         config = f"{len(ov.patch_size)}d"
-        decisions["config"] = f"{config}: the given patch size has {len(ov.patch_size)} values"
+        why = f"{config}: the given patch size has {len(ov.patch_size)} values"
     elif len(model_dims) == 1:
         config = f"{model_dims[0]}d"
-        decisions["config"] = f"{config}: model '{ov.model}' is {config} only"
-    elif anisotropic:
-        config = "2d"
-        decisions["config"] = f"2d: anisotropic spacing (max/min {ratio:.2f} > {ANISOTROPY_THRESHOLD:g})"
-    elif eight_bit:
-        config = "2d"
-        decisions["config"] = "2d: 8-bit slice data (every channel integer-valued in [0, 255])"
+        why = f"{config}: model '{ov.model}' is {config} only"
+    elif geo.anisotropic:
+        config, why = "2d", f"2d: anisotropic spacing (max/min {ratio:.2f} > {ANISOTROPY_THRESHOLD:g})"
+    elif geo.eight_bit:
+        config, why = "2d", "2d: 8-bit slice data (every channel integer-valued in [0, 255])"
     elif not gpu:
         config = "2d"
-        decisions["config"] = ("2d: training on a CPU (the cross-validated CPU recipe is 2-D; a GPU would get 3d for "
-                               f"this near-isotropic spacing, max/min {ratio:.2f}; --config 3d to choose it)")
+        why = ("2d: training on a CPU (the cross-validated CPU recipe is 2-D; a GPU would get 3d for "
+               f"this near-isotropic spacing, max/min {ratio:.2f}; --config 3d to choose it)")
     else:
-        config = "3d"
-        decisions["config"] = f"3d: near-isotropic spacing (max/min {ratio:.2f} <= {ANISOTROPY_THRESHOLD:g})"
-    dims = 2 if config == "2d" else 3
+        config, why = "3d", f"3d: near-isotropic spacing (max/min {ratio:.2f} <= {ANISOTROPY_THRESHOLD:g})"
+    decisions["config"] = why
+    return config
 
-    # --- slice axis
+
+def _slice_rule(ov: PlanOverrides, geo: _Geometry, config: str, decisions: dict[str, str]) -> tuple[int | None, int]:
+    """``(slice_axis, slice_context)``: the coarsest axis, else the axial one (2-D); the given context."""
     slice_axis: int | None = None
+    spacing = geo.spacing
     if config == "2d":
         if ov.slice_axis is not None:
             slice_axis = int(ov.slice_axis)
@@ -433,8 +442,9 @@ def make_plan(
                 slice_axis = int(order[0])
                 decisions["slice_axis"] = f"the lowest-resolution axis ({spacing[order[0]]:.3g} mm)"
             else:
-                slice_axis = _axial_axis(orientation)
-                decisions["slice_axis"] = f"axial (the S/I axis of orientation {orientation}); no axis is coarsest"
+                slice_axis = _axial_axis(geo.orientation)
+                decisions["slice_axis"] = (f"axial (the S/I axis of orientation {geo.orientation}); "
+                                           "no axis is coarsest")
     elif ov.slice_axis is not None:
         raise ConfigError("a slice axis is only meaningful for a 2d plan (config is 3d)")
     slice_context = 0
@@ -443,31 +453,34 @@ def make_plan(
             raise ConfigError("a slice context is only meaningful for a 2d plan (config is 3d)")
         slice_context = int(ov.slice_context)
         decisions["slice_context"] = "given"
+    return slice_axis, slice_context
 
-    # --- target spacing
+
+def _target_spacing_rule(ov: PlanOverrides, geo: _Geometry, decisions: dict[str, str]) -> np.ndarray:
+    """The median spacing, with nnU-Net's rule for one coarse axis; or the given spacing."""
     if ov.target_spacing is not None:
-        target = np.array([float(t) for t in ov.target_spacing])
         decisions["target_spacing"] = "given"
-    else:
-        target = spacing.copy()
-        decisions["target_spacing"] = "median spacing"
-        worst = int(np.argmax(target))
-        others = [a for a in range(3) if a != worst]
-        sizes = shape * spacing / target
-        if target[worst] > ANISOTROPY_THRESHOLD * max(target[others]) and \
-                sizes[worst] * ANISOTROPY_THRESHOLD < min(sizes[others]):
-            target[worst] = max(spacing10[worst], max(target[others]))
-            decisions["target_spacing"] = (f"median spacing; low-resolution axis {worst} set to the 10th percentile "
-                                           "of its spacings (nnU-Net anisotropy rule)")
+        return np.array([float(t) for t in ov.target_spacing])
+    target = geo.spacing.copy()
+    decisions["target_spacing"] = "median spacing"
+    worst = int(np.argmax(target))
+    others = [a for a in range(3) if a != worst]
+    sizes = geo.shape * geo.spacing / target
+    if target[worst] > ANISOTROPY_THRESHOLD * max(target[others]) and \
+            sizes[worst] * ANISOTROPY_THRESHOLD < min(sizes[others]):
+        target[worst] = max(geo.spacing10[worst], max(target[others]))
+        decisions["target_spacing"] = (f"median spacing; low-resolution axis {worst} set to the 10th percentile "
+                                       "of its spacings (nnU-Net anisotropy rule)")
+    return target
 
-    # --- labels, regions, classes
+
+def _regions_rule(ov: PlanOverrides, info: Any, decisions: dict[str, str]) -> tuple[dict[str, list[int]], bool]:
+    """``(regions, region_based)``: given (a preset, the dataset's, or none), else region-based when they nest."""
     labels = dict(info.labels)
-    regions: dict[str, list[int]] = {}
-    region_based = False
     if ov.regions == "none":
-        regions = {k: list(v) for k, v in info.regions.items()}
         decisions["regions"] = "given: softmax over the labels"
-    elif ov.regions is not None:
+        return {k: list(v) for k, v in info.regions.items()}, False
+    if ov.regions is not None:
         if ov.regions == "dataset":
             if not info.regions:
                 raise ConfigError(f"dataset {info.name} defines no regions; use --regions brats or none")
@@ -480,32 +493,35 @@ def make_plan(
                                   f"does not define (labels: {labels})")
         else:
             raise ConfigError(f"unknown regions '{ov.regions}'; valid: dataset, none, {', '.join(REGION_PRESETS)}")
-        region_based = True
         decisions["regions"] = "given"
-    else:
-        regions = {k: list(v) for k, v in info.regions.items()}
-        region_based = nested_regions(regions)
-        decisions["regions"] = (
-            "region-based (sigmoid outputs): the dataset's regions nest, as BraTS's WT > TC > ET (nnU-Net's BraTS "
-            "recipe; better tumour core and enhancing tumour in cross-validation)" if region_based
-            else "softmax over the labels: the dataset defines no nested regions")
-    num_outputs = len(regions) if region_based else len(labels)
-    # 2.5-D: every channel at the slice and its `slice_context` neighbours on each side (channel-major).
-    in_channels = len(info.channels) * (2 * slice_context + 1)
+        return regions, True
+    regions = {k: list(v) for k, v in info.regions.items()}
+    region_based = nested_regions(regions)
+    decisions["regions"] = (
+        "region-based (sigmoid outputs): the dataset's regions nest, as BraTS's WT > TC > ET (nnU-Net's BraTS "
+        "recipe; better tumour core and enhancing tumour in cross-validation)" if region_based
+        else "softmax over the labels: the dataset defines no nested regions")
+    return regions, region_based
 
-    # --- normalisation
+
+def _normalization_rule(ov: PlanOverrides, info: Any, geo: _Geometry,
+                        decisions: dict[str, str]) -> list[dict[str, Any]]:
+    """One entry per channel: ``clip_zscore`` for 8-bit slice data, else ``zscore``; or the given scheme."""
     if ov.normalization is not None:
         if ov.normalization not in NORMALIZATION_SCHEMES:
             raise ConfigError(f"unknown normalization '{ov.normalization}'; valid: {', '.join(NORMALIZATION_SCHEMES)}")
         scheme = ov.normalization
         decisions["normalization"] = "given"
     else:
-        scheme = "clip_zscore" if eight_bit else "zscore"
-        decisions["normalization"] = ("clip_zscore: 8-bit slice data" if eight_bit
+        scheme = "clip_zscore" if geo.eight_bit else "zscore"
+        decisions["normalization"] = ("clip_zscore: 8-bit slice data" if geo.eight_bit
                                       else "zscore inside the brain mask")
-    normalization = [{"channel": c, "scheme": scheme, "lower_pct": 10.0, "upper_pct": 99.0} for c in info.channels]
+    return [{"channel": c, "scheme": scheme, "lower_pct": 10.0, "upper_pct": 99.0} for c in info.channels]
 
-    # --- model
+
+def _model_rule(ov: PlanOverrides, *, config: str, gpu: bool, decisions: dict[str, str]) -> tuple[str, dict[str, Any]]:
+    """``(model name, base config)``: ``unet`` (16 base features on a CPU, 32 on a GPU) unless given."""
+    dims = 2 if config == "2d" else 3
     model_name = ov.model or "unet"
     if dims not in model_info(model_name).dims:
         raise ConfigError(f"model '{model_name}' does not support {config} (it is "
@@ -521,187 +537,262 @@ def make_plan(
     else:
         decisions["model"] = "given"
     base_cfg.update(dict(ov.model_config or {}))
+    return model_name, base_cfg
 
-    # --- budget
-    memory_gb = float(ov.memory_gb) if ov.memory_gb is not None else DEFAULT_MEMORY_GB
-    step_target = float(ov.step_seconds) if ov.step_seconds is not None else DEFAULT_STEP_SECONDS
-    gflops = float(ov.cpu_gflops) if ov.cpu_gflops is not None else CPU_GFLOPS
-    spatial_axes = [a for a in range(3) if a != slice_axis] if dims == 2 else [0, 1, 2]
 
-    costs: dict[tuple, tuple[dict, dict]] = {}
+class _Budget:
+    """The cost model of one network: memory and step time of a patch and batch, and the patch search."""
 
-    def estimate(patch: Sequence[int], batch: int, sp: Sequence[float]) -> tuple[dict, dict]:
+    def __init__(self, *, model_name: str, dims: int, in_channels: int, num_outputs: int, base_cfg: Mapping[str, Any],
+                 spatial_axes: Sequence[int], gpu: bool, memory_gb: float, step_target: float, gflops: float) -> None:
+        self.model_name, self.dims, self.in_channels, self.num_outputs = model_name, dims, in_channels, num_outputs
+        self.base_cfg, self.spatial_axes, self.gpu = base_cfg, list(spatial_axes), gpu
+        self.memory_gb, self.step_target, self.gflops = memory_gb, step_target, gflops
+        self._costs: dict[tuple, tuple[dict, dict]] = {}
+
+    def config_for(self, patch: Sequence[int], sp: Sequence[float]) -> dict[str, Any]:
+        return _model_config(self.model_name, self.dims, patch, sp, self.base_cfg)
+
+    def divisor(self, cfg: Mapping[str, Any]) -> tuple[int, ...]:
+        return _divisor(self.model_name, self.dims, self.in_channels, self.num_outputs, cfg)
+
+    def estimate(self, patch: Sequence[int], batch: int, sp: Sequence[float]) -> tuple[dict, dict]:
+        """``(model config, {"memory_gb", "step_seconds"})`` of ``batch`` samples of ``patch`` at spacing ``sp``."""
         key = (tuple(int(p) for p in patch), tuple(float(v) for v in sp))
-        if key not in costs:
-            cfg_k = _model_config(model_name, dims, patch, sp, base_cfg)
-            costs[key] = (cfg_k, network_cost(model_name, spatial_dims=dims, in_channels=in_channels,
-                                              num_classes=num_outputs, config=cfg_k, patch_size=patch))
-        cfg, cost = costs[key]
-        if gpu:
+        if key not in self._costs:
+            cfg_k = self.config_for(patch, sp)
+            self._costs[key] = (cfg_k, network_cost(self.model_name, spatial_dims=self.dims,
+                                                    in_channels=self.in_channels, num_classes=self.num_outputs,
+                                                    config=cfg_k, patch_size=patch))
+        cfg, cost = self._costs[key]
+        if self.gpu:
             mem = (batch * cost["activations"] * GPU_BYTES_PER_ACTIVATION + cost["parameters"] * 16) / 1e9 + GPU_OVERHEAD_GB
         else:
             mem = (batch * cost["activations"] * CPU_BYTES_PER_ACTIVATION + cost["parameters"] * 16) / 1e9
-        seconds = 3.0 * cost["flops"] * batch / (gflops * 1e9)
+        seconds = 3.0 * cost["flops"] * batch / (self.gflops * 1e9)
         return cfg, {"memory_gb": mem, "step_seconds": seconds}
 
-    def fits(est: Mapping[str, float]) -> bool:
-        if est["memory_gb"] > memory_gb:
+    def fits(self, est: Mapping[str, float]) -> bool:
+        if est["memory_gb"] > self.memory_gb:
             return False
-        return gpu or est["step_seconds"] <= step_target
+        return self.gpu or est["step_seconds"] <= self.step_target
 
-    def fitted_patch(sp: np.ndarray, start: Sequence[int], limit: Sequence[float], batch: int) -> tuple[list[int], dict, dict]:
+    def fitted_patch(self, sp: np.ndarray, start: Sequence[int], limit: Sequence[float],
+                     batch: int) -> tuple[list[int], dict, dict]:
         """Pad ``start`` to the divisor and shrink it until ``batch`` samples fit the budget."""
-        sp_axes = [float(sp[a]) for a in spatial_axes]
+        sp_axes = [float(sp[a]) for a in self.spatial_axes]
         patch = [max(1, int(p)) for p in start]
-        cfg = _model_config(model_name, dims, patch, sp_axes, base_cfg)
-        patch = _pad_up(patch, _divisor(model_name, dims, in_channels, num_outputs, cfg))
-        cfg, est = estimate(patch, batch, sp_axes)
+        cfg = self.config_for(patch, sp_axes)
+        patch = _pad_up(patch, self.divisor(cfg))
+        cfg, est = self.estimate(patch, batch, sp_axes)
         for _ in range(200):
-            if fits(est):
+            if self.fits(est):
                 break
-            div = _divisor(model_name, dims, in_channels, num_outputs, cfg)
+            div = self.divisor(cfg)
             rel = [p / max(m, 1.0) for p, m in zip(patch, limit)]
-            order = sorted(range(dims), key=lambda a: (-rel[a], -patch[a]))
+            order = sorted(range(self.dims), key=lambda a: (-rel[a], -patch[a]))
             axis = next((a for a in order if patch[a] - div[a] >= div[a]), None)
             if axis is None:
                 break
             patch[axis] -= div[axis]
-            cfg = _model_config(model_name, dims, patch, sp_axes, base_cfg)
-            patch = _pad_up(patch, _divisor(model_name, dims, in_channels, num_outputs, cfg))
-            cfg, est = estimate(patch, batch, sp_axes)
+            cfg = self.config_for(patch, sp_axes)
+            patch = _pad_up(patch, self.divisor(cfg))
+            cfg, est = self.estimate(patch, batch, sp_axes)
         return patch, cfg, est
 
-    def median_shape_at(sp: np.ndarray) -> np.ndarray:
-        return np.maximum(1.0, shape * spacing / sp)
 
-    min_batch = 2
-    batch_given = ov.batch_size
-    if ov.patch_size is not None:
-        if len(ov.patch_size) != dims:
-            raise ConfigError(f"a {config} patch size needs {dims} positive values, got {list(ov.patch_size)}")
+def _cpu_lowres_rule(ov: PlanOverrides, budget: _Budget, geo: _Geometry, target: np.ndarray, *, gpu: bool,
+                     batch: int, decisions: dict[str, str]) -> np.ndarray:
+    """CPU 3-D: every axis at least 2 mm when the whole median brain box does not fit the step budget."""
+    if gpu or budget.dims != 3 or ov.target_spacing is not None or ov.patch_size is not None:
+        return target
+    full = [int(math.ceil(v)) for v in _median_shape_at(geo, target)]
+    full = _pad_up(full, budget.divisor(budget.config_for(full, list(target))))
+    _, est_full = budget.estimate(full, batch, list(target))
+    coarse = np.maximum(target, CPU_LOWRES_SPACING_MM)
+    if not budget.fits(est_full) and np.any(coarse > target):
+        decisions["target_spacing"] += (
+            f"; CPU: the median brain box {full} at {_round(target, 3)} mm needs "
+            f"{est_full['step_seconds']:.2f} s per step (> {budget.step_target:g} s), so every axis is at least "
+            f"{CPU_LOWRES_SPACING_MM:g} mm (3d lowres; --config 2d keeps full in-plane resolution)")
+        return coarse
+    return target
 
-    # CPU 3-D: lower resolution when the whole median brain box does not fit the step budget.
-    if not gpu and dims == 3 and ov.target_spacing is None and ov.patch_size is None:
-        full = [int(math.ceil(v)) for v in median_shape_at(target)]
-        cfg0 = _model_config(model_name, dims, full, list(target), base_cfg)
-        full = _pad_up(full, _divisor(model_name, dims, in_channels, num_outputs, cfg0))
-        _, est_full = estimate(full, batch_given or min_batch, list(target))
-        coarse = np.maximum(target, CPU_LOWRES_SPACING_MM)
-        if not fits(est_full) and np.any(coarse > target):
-            decisions["target_spacing"] += (
-                f"; CPU: the median brain box {full} at {_round(target, 3)} mm needs "
-                f"{est_full['step_seconds']:.2f} s per step (> {step_target:g} s), so every axis is at least "
-                f"{CPU_LOWRES_SPACING_MM:g} mm (3d lowres; --config 2d keeps full in-plane resolution)")
-            target = coarse
 
-    plane_target = [float(target[a]) for a in spatial_axes]
-    median_plane = [float(median_shape_at(target)[a]) for a in spatial_axes]
+def _median_shape_at(geo: _Geometry, sp: np.ndarray) -> np.ndarray:
+    return np.maximum(1.0, geo.shape * geo.spacing / sp)
+
+
+def _patch_rule(ov: PlanOverrides, budget: _Budget, geo: _Geometry, target: np.ndarray, *, config: str, batch: int,
+                decisions: dict[str, str]) -> list[int]:
+    """The given patch padded to the size divisor, else the largest patch (from a 256 mm cube or 2048^2 square,
+    capped at the median shape) whose batch fits the budget."""
+    plane_target = [float(target[a]) for a in budget.spatial_axes]
+    median_plane = [float(_median_shape_at(geo, target)[a]) for a in budget.spatial_axes]
     if ov.patch_size is not None:
         patch = [int(p) for p in ov.patch_size]
         try:
-            cfg = _model_config(model_name, dims, patch, plane_target, base_cfg)
-            padded = _pad_up(patch, _divisor(model_name, dims, in_channels, num_outputs, cfg))
-            if padded != patch:
-                decisions["patch_size"] = f"given {patch}, padded to {padded} (multiple of the size divisor)"
-            else:
-                decisions["patch_size"] = "given"
-            patch = padded
-            cfg, est = estimate(patch, batch_given or min_batch, plane_target)
+            padded = _pad_up(patch, budget.divisor(budget.config_for(patch, plane_target)))
+            decisions["patch_size"] = (f"given {patch}, padded to {padded} (multiple of the size divisor)"
+                                       if padded != patch else "given")
+            budget.estimate(padded, batch, plane_target)
         except ConfigError as exc:
-            raise ConfigError(f"patch size {'x'.join(map(str, ov.patch_size))} does not fit model '{model_name}' "
-                              f"at {'x'.join(f'{s:g}' for s in plane_target)} mm: {exc}") from None
-    else:
-        sp_iso = 1.0 / np.asarray(plane_target)
-        volume = 256.0 ** 3 if dims == 3 else 2048.0 ** 2
-        start = sp_iso * (volume / np.prod(sp_iso)) ** (1.0 / dims)
-        start = [int(round(min(s, m))) for s, m in zip(start, median_plane)]
-        patch, cfg, est = fitted_patch(np.asarray(target), start, median_plane, batch_given or min_batch)
-        decisions["patch_size"] = (f"largest patch (capped at the median shape {[round(m) for m in median_plane]}) "
-                                   f"whose batch of {batch_given or min_batch} fits the "
-                                   f"{'memory' if gpu else 'step-time'} budget")
+            raise ConfigError(f"patch size {'x'.join(map(str, ov.patch_size))} does not fit model "
+                              f"'{budget.model_name}' at {'x'.join(f'{s:g}' for s in plane_target)} mm: {exc}") from None
+        return padded
+    sp_iso = 1.0 / np.asarray(plane_target)
+    volume = 256.0 ** 3 if budget.dims == 3 else 2048.0 ** 2
+    start = sp_iso * (volume / np.prod(sp_iso)) ** (1.0 / budget.dims)
+    start = [int(round(min(s, m))) for s, m in zip(start, median_plane)]
+    patch, _, _ = budget.fitted_patch(np.asarray(target), start, median_plane, batch)
+    decisions["patch_size"] = (f"largest patch (capped at the median shape {[round(m) for m in median_plane]}) "
+                               f"whose batch of {batch} fits the {'memory' if budget.gpu else 'step-time'} budget")
+    return patch
 
-    # --- batch size
-    if batch_given is not None:
-        batch = int(batch_given)
+
+def _batch_rule(ov: PlanOverrides, budget: _Budget, geo: _Geometry, target: np.ndarray, patch: Sequence[int], *,
+                num_cases: int, min_batch: int, decisions: dict[str, str]) -> int:
+    """The given batch, else (GPU and 2-D) the largest that fits the budget, up to 5 % of the dataset's voxels."""
+    plane_target = [float(target[a]) for a in budget.spatial_axes]
+    if ov.batch_size is not None:
         decisions["batch_size"] = "given"
-        cfg, est = estimate(patch, batch, plane_target)
-    else:
-        batch = min_batch
-        total_voxels = float(np.prod(median_shape_at(target))) * int(fingerprint["num_cases"])
-        cap = max(min_batch, int(MAX_BATCH_DATASET_FRACTION * total_voxels / float(np.prod(patch))))
-        grow = gpu or dims == 2
-        while grow and batch < min(cap, MAX_BATCH):
-            _, nxt = estimate(patch, batch + 1, plane_target)
-            if not fits(nxt):
-                break
-            batch += 1
-            est = nxt
-        decisions["batch_size"] = (f"{batch}: " + ("largest that fits the budget" if grow else "nnU-Net's 3-D batch")
-                                   + (f" (capped at 5% of the dataset's voxels: {cap})" if batch == cap else ""))
-    cfg, est = estimate(patch, batch, plane_target)
-    budget = {
+        return int(ov.batch_size)
+    batch = min_batch
+    total_voxels = float(np.prod(_median_shape_at(geo, target))) * num_cases
+    cap = max(min_batch, int(MAX_BATCH_DATASET_FRACTION * total_voxels / float(np.prod(patch))))
+    grow = budget.gpu or budget.dims == 2
+    while grow and batch < min(cap, MAX_BATCH):
+        _, nxt = budget.estimate(patch, batch + 1, plane_target)
+        if not budget.fits(nxt):
+            break
+        batch += 1
+    decisions["batch_size"] = (f"{batch}: " + ("largest that fits the budget" if grow else "nnU-Net's 3-D batch")
+                               + (f" (capped at 5% of the dataset's voxels: {cap})" if batch == cap else ""))
+    return batch
+
+
+def _loss_rule(ov: PlanOverrides, decisions: dict[str, str]) -> bool:
+    """Dice per sample unless asked.
+
+    nnU-Net plans batch Dice for 2-D; on BraTS 2-D region-based training it made the models
+    under-segment (the held-out HGG case's WT Dice fell from 0.89 to 0.71, recall 0.57), since it
+    also charges false positives on slices without tumour.
+    """
+    if ov.batch_dice is not None:
+        decisions["batch_dice"] = "given"
+        return bool(ov.batch_dice)
+    decisions["batch_dice"] = "Dice per sample (default)"
+    return False
+
+
+def make_plan(
+    *,
+    fingerprint: Mapping[str, Any],
+    info: Any,
+    overrides: PlanOverrides = PlanOverrides(),
+    device: str = "cpu",
+) -> Plan:
+    """Make the training plan (rules in the module docstring, one function each).
+
+    Args:
+        fingerprint: from :func:`brainseg_cli.data.fingerprint.compute_fingerprint`.
+        info: the :class:`~brainseg_cli.data.layout.DatasetInfo` (channels, labels, regions).
+        overrides: user choices.
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (the device type decides the budget).
+
+    Returns:
+        The :class:`~brainseg_cli.data.plan_schema.Plan` (``plan.to_dict()`` is ``plan.json``).
+
+    Raises:
+        ConfigError: an invalid override or combination (one line naming the value).
+    """
+    ov = overrides
+    decisions: dict[str, str] = {}
+    device_type = str(device).split(":")[0]
+    if device_type not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device '{device}'; use cpu, cuda or cuda:N")
+    gpu = device_type == "cuda"
+    weighting = ov.slice_weighting or "uniform"
+    if weighting not in SLICE_WEIGHTINGS:
+        raise ConfigError(f"unknown slice weighting '{weighting}'; valid: {', '.join(SLICE_WEIGHTINGS)}")
+
+    geo = _orientation_rule(fingerprint, ov, decisions)
+    config = _config_rule(ov, geo, gpu=gpu, decisions=decisions)
+    dims = 2 if config == "2d" else 3
+    slice_axis, slice_context = _slice_rule(ov, geo, config, decisions)
+    target = _target_spacing_rule(ov, geo, decisions)
+    regions, region_based = _regions_rule(ov, info, decisions)
+    labels = dict(info.labels)
+    num_outputs = len(regions) if region_based else len(labels)
+    # 2.5-D: every channel at the slice and its `slice_context` neighbours on each side (channel-major).
+    in_channels = len(info.channels) * (2 * slice_context + 1)
+    normalization = _normalization_rule(ov, info, geo, decisions)
+    model_name, base_cfg = _model_rule(ov, config=config, gpu=gpu, decisions=decisions)
+
+    budget = _Budget(model_name=model_name, dims=dims, in_channels=in_channels, num_outputs=num_outputs,
+                     base_cfg=base_cfg, spatial_axes=[a for a in range(3) if a != slice_axis] if dims == 2 else [0, 1, 2],
+                     gpu=gpu, memory_gb=float(ov.memory_gb) if ov.memory_gb is not None else DEFAULT_MEMORY_GB,
+                     step_target=float(ov.step_seconds) if ov.step_seconds is not None else DEFAULT_STEP_SECONDS,
+                     gflops=float(ov.cpu_gflops) if ov.cpu_gflops is not None else CPU_GFLOPS)
+    min_batch = 2
+    if ov.patch_size is not None and len(ov.patch_size) != dims:
+        raise ConfigError(f"a {config} patch size needs {dims} positive values, got {list(ov.patch_size)}")
+    target = _cpu_lowres_rule(ov, budget, geo, target, gpu=gpu, batch=ov.batch_size or min_batch, decisions=decisions)
+    patch = _patch_rule(ov, budget, geo, target, config=config, batch=ov.batch_size or min_batch, decisions=decisions)
+    batch = _batch_rule(ov, budget, geo, target, patch, num_cases=int(fingerprint["num_cases"]), min_batch=min_batch,
+                        decisions=decisions)
+    cfg, est = budget.estimate(patch, batch, [float(target[a]) for a in budget.spatial_axes])
+    budget_record = {
         "kind": "gpu-memory" if gpu else "cpu-time",
         "device": str(device),
-        "memory_gb": memory_gb,
+        "memory_gb": budget.memory_gb,
         "estimated_memory_gb": round(est["memory_gb"], 3),
-        "step_seconds_target": None if gpu else step_target,
+        "step_seconds_target": None if gpu else budget.step_target,
         "estimated_step_seconds": None if gpu else round(est["step_seconds"], 3),
-        "cpu_gflops": None if gpu else gflops,
+        "cpu_gflops": None if gpu else budget.gflops,
         "assumes": "mixed-precision training" if gpu else "fp32 training",
     }
-    if not fits(est):
-        logger.warning("plan exceeds its %s budget: %s", budget["kind"], est)
+    if not budget.fits(est):
+        logger.warning("plan exceeds its %s budget: %s", budget_record["kind"], est)
         decisions["budget"] = f"over budget with the given values: {est}"
     else:
         decisions["budget"] = ("GPU memory decided patch and batch" if gpu
                                else "CPU step time decided resolution, patch and batch; memory only caps")
-
-    # --- sampling
-    sampling = {
-        "foreground_fraction": DEFAULT_FOREGROUND_FRACTION if ov.foreground_fraction is None else float(ov.foreground_fraction),
-        "slice_weighting": weighting,
-        "drop_edge_slices": bool(ov.drop_edge_slices) if ov.drop_edge_slices is not None else False,
-    }
-    # --- loss: Dice per sample unless asked. nnU-Net plans batch Dice for 2-D; on BraTS 2-D region-based
-    # training it made the models under-segment (README, "Results": the held-out HGG case's WT Dice fell
-    # from 0.89 to 0.71, recall 0.57), since it also charges false positives on slices without tumour.
-    if ov.batch_dice is not None:
-        batch_dice = bool(ov.batch_dice)
-        decisions["batch_dice"] = "given"
-    else:
-        batch_dice = False
-        decisions["batch_dice"] = "Dice per sample (default)"
-    fp_summary = {k: v for k, v in fingerprint.items() if k != "cases"}
-    plan = {
-        "format_version": PLAN_VERSION,
-        "dataset": info.name,
-        "config": config,
-        "channels": list(info.channels),
-        "labels": labels,
-        "num_classes": len(labels),
-        "regions": regions,
-        "region_based": region_based,
-        "source_labels": source_labels(info.extra),
-        "orientation": orientation,
-        "target_spacing": _round(target, 5),
-        "slice_axis": slice_axis,
-        "slice_context": slice_context,
-        "patch_size": [int(p) for p in patch],
-        "batch_size": int(batch),
-        "normalization": normalization,
-        "crop_to_brain": True if ov.crop_to_brain is None else bool(ov.crop_to_brain),
-        "background": "border",
-        "resampling": {"image_order": 3, "label_order": 0, "probability_order": 1,
-                       "anisotropy_threshold": ANISOTROPY_THRESHOLD},
-        "sampling": sampling,
-        "loss": {"batch_dice": batch_dice},
-        "model": {"name": model_name, "spatial_dims": dims, "in_channels": in_channels, "num_classes": num_outputs,
-                  "config": _jsonable(cfg)},
-        "budget": budget,
-        "fingerprint": fp_summary,
-        "decisions": decisions,
-    }
-    return plan
+    sampling = Sampling(
+        foreground_fraction=(DEFAULT_FOREGROUND_FRACTION if ov.foreground_fraction is None
+                             else float(ov.foreground_fraction)),
+        slice_weighting=weighting,
+        drop_edge_slices=bool(ov.drop_edge_slices) if ov.drop_edge_slices is not None else False,
+    )
+    batch_dice = _loss_rule(ov, decisions)
+    return Plan(
+        format_version=PLAN_VERSION,
+        dataset=info.name,
+        config=config,
+        channels=tuple(info.channels),
+        labels=labels,
+        num_classes=len(labels),
+        regions={k: tuple(v) for k, v in regions.items()},
+        region_based=region_based,
+        source_labels=source_labels(info.extra),
+        orientation=geo.orientation,
+        target_spacing=tuple(_round(target, 5)),  # type: ignore[arg-type]
+        slice_axis=slice_axis,
+        slice_context=slice_context,
+        patch_size=tuple(int(p) for p in patch),
+        batch_size=int(batch),
+        normalization=tuple(Normalization(**n) for n in normalization),
+        crop_to_brain=True if ov.crop_to_brain is None else bool(ov.crop_to_brain),
+        background="border",
+        resampling=Resampling(anisotropy_threshold=ANISOTROPY_THRESHOLD),
+        sampling=sampling,
+        loss=LossSpec(batch_dice=batch_dice),
+        model=ModelSpec(name=model_name, spatial_dims=dims, in_channels=in_channels, num_classes=num_outputs,
+                        config=_jsonable(cfg)),
+        budget=budget_record,
+        fingerprint={k: v for k, v in fingerprint.items() if k != "cases"},
+        decisions=decisions,
+    )
 
 
 def _jsonable(value: Any) -> Any:
@@ -714,117 +805,30 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-#: Plan keys that change the preprocessed data (the cache is keyed on them).
-PREPROCESSING_KEYS = ("config", "channels", "orientation", "target_spacing", "slice_axis", "normalization",
-                      "crop_to_brain", "background", "resampling")
+def preprocessing_key(plan: Plan | Mapping[str, Any]) -> dict[str, Any]:
+    """The part of ``plan`` the preprocessed data depend on (JSON data)."""
+    return as_plan(plan).preprocessing_key()
 
 
-def preprocessing_key(plan: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of ``plan`` the preprocessed data depend on."""
-    return {k: plan[k] for k in PREPROCESSING_KEYS}
-
-
-_REQUIRED = ("format_version", "config", "channels", "labels", "orientation", "target_spacing", "slice_axis",
-             "patch_size", "batch_size", "normalization", "crop_to_brain", "model", "sampling", "region_based",
-             "regions")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_positive_number(value: Any) -> bool:
-    return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-            and math.isfinite(value) and value > 0)
-
-
-def check_plan_values(plan: Mapping[str, Any], *, what: str = "plan") -> None:
-    """Check the value of every plan key that prediction and training compute with.
-
-    Args:
-        plan: a plan dict (keys as written by :func:`make_plan`).
-        what: the file it came from, named in the message.
-
-    Raises:
-        InputError: one line naming ``what``, the key and its value.
-    """
-    def bad(key: str, expected: str) -> InputError:
-        return InputError(f"{what}: plan key {key} must be {expected}, got {plan.get(key)!r:.120}")
-
-    dims = 2 if plan.get("config") == "2d" else 3
-    patch = plan.get("patch_size")
-    if not isinstance(patch, (list, tuple)) or len(patch) != dims or not all(_is_int(p) and p > 0 for p in patch):
-        raise bad("patch_size", f"{dims} positive integers (a {plan.get('config')} plan)")
-    if not (_is_int(plan.get("batch_size")) and plan["batch_size"] > 0):
-        raise bad("batch_size", "a positive integer")
-    spacing = plan.get("target_spacing")
-    if not isinstance(spacing, (list, tuple)) or len(spacing) != 3 or not all(_is_positive_number(v) for v in spacing):
-        raise bad("target_spacing", "3 positive, finite spacings in mm")
-    axis = plan.get("slice_axis")
-    if (dims == 2 or axis is not None) and (axis not in (0, 1, 2) or isinstance(axis, bool)):
-        raise bad("slice_axis", "0, 1 or 2" + ("" if dims == 2 else " (or null for a 3-D plan)"))
-    context = plan.get("slice_context", 0)
-    if not (_is_int(context) and 0 <= context and (context == 0 or dims == 2)):
-        raise bad("slice_context", "a non-negative integer (2-D plans only)")
-    channels = plan.get("channels")
-    if not isinstance(channels, list) or not channels or not all(isinstance(c, str) and c for c in channels):
-        raise bad("channels", "a non-empty list of channel names")
-    labels = plan.get("labels")
-    if not isinstance(labels, Mapping) or not labels or not all(_is_int(v) and v >= 0 for v in labels.values()):
-        raise bad("labels", "a mapping of label names to non-negative integers")
-    orientation = plan.get("orientation")
-    if not (isinstance(orientation, str) and len(orientation) == 3):
-        raise bad("orientation", "three axis codes such as 'RAS'")
-    if not isinstance(plan.get("crop_to_brain"), bool):
-        raise bad("crop_to_brain", "true or false")
-    if not isinstance(plan.get("region_based"), bool):
-        raise bad("region_based", "true or false")
-    regions = plan.get("regions")
-    if not isinstance(regions, Mapping) or not all(
-            isinstance(v, list) and v and all(_is_int(x) for x in v) for v in regions.values()):
-        raise bad("regions", "a mapping of region names to lists of labels")
-    norm = plan.get("normalization")
-    if not isinstance(norm, list) or len(norm) != len(channels) or not all(isinstance(n, Mapping) for n in norm):
-        raise bad("normalization", f"one entry per channel ({len(channels)})")
-    model = plan.get("model")
-    if not (isinstance(model, Mapping) and isinstance(model.get("name"), str) and isinstance(model.get("config"), Mapping)):
-        raise bad("model", "{'name': str, 'config': {...}, ...}")
-
-
-def validate_plan(plan: Any, *, what: str = "plan") -> dict[str, Any]:
-    """Check that ``plan`` has the keys and value types of a plan; return it as a dict.
+def validate_plan(plan: Any, *, what: str = "plan") -> Plan:
+    """Check that ``plan`` has the keys and value types of a plan; return it as a :class:`Plan`.
 
     Raises:
         InputError: a key is missing, a value is invalid (:func:`check_plan_values`) or the
             version/config is unsupported (names ``what``).
     """
-    if not isinstance(plan, dict):
-        raise InputError(f"{what}: a plan must be a JSON object, got {type(plan).__name__}")
-    missing = [k for k in _REQUIRED if k not in plan]
-    if missing:
-        raise InputError(f"{what}: plan is missing key(s) {', '.join(missing)}")
-    if plan["format_version"] != PLAN_VERSION:
-        raise InputError(f"{what}: plan format_version {plan['format_version']!r} is not supported (expected {PLAN_VERSION})")
-    if plan["config"] not in CONFIGS:
-        raise InputError(f"{what}: plan config {plan['config']!r} is not 2d or 3d")
-    dims = 2 if plan["config"] == "2d" else 3
-    if not isinstance(plan["patch_size"], (list, tuple)) or len(plan["patch_size"]) != dims:
-        raise InputError(f"{what}: a {plan['config']} plan needs {dims} patch sizes, got {plan['patch_size']}")
-    check_plan_values(plan, what=what)
-    return plan
+    return Plan.from_dict(plan, what=what)
 
 
-def save_plan(plan: Mapping[str, Any], path: str | Path) -> Path:
-    """Write ``plan`` as indented JSON, atomically; return the path."""
-    from brainseg_cli.io import atomic_write
-
+def save_plan(plan: Plan | Mapping[str, Any], path: str | Path) -> Path:
+    """Write ``plan`` as indented JSON (``plan.json``), atomically; return the path."""
     path = Path(path)
     with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(_jsonable(plan), indent=2) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(plan_data(plan), indent=2) + "\n", encoding="utf-8")
     return path
 
 
-def load_plan(path: str | Path) -> dict[str, Any]:
+def load_plan(path: str | Path) -> Plan:
     """Read and validate a ``plan.json``.
 
     Raises:

@@ -3,18 +3,18 @@
 ``preprocess_case`` runs, in this order (every step recorded in :class:`PreprocessInfo`):
 
 1. **Reorient** (exact, no interpolation): permute and flip the index axes so that they point
-   along ``plan["orientation"]`` (ITK/LPS axis codes, e.g. ``"LPS"``: axis 0 towards Left, 1
+   along ``plan.orientation`` (ITK/LPS axis codes, e.g. ``"LPS"``: axis 0 towards Left, 1
    towards Posterior, 2 towards Superior). Every case, whatever its stored orientation, reaches the
    network the same way; a 2-D plan's ``slice_axis`` and in-plane orientation therefore mean the
    same anatomy for any input volume. Oblique directions use the closest axis.
 2. **Brain mask** (:func:`brainseg_cli.data.brainmask.brain_mask`: the constant border value per
-   channel, or a given mask) and, if ``plan["crop_to_brain"]``, **crop** to its bounding box.
-3. **Normalise** each channel inside the brain mask (``plan["normalization"]``): ``zscore``
+   channel, or a given mask) and, if ``plan.crop_to_brain``, **crop** to its bounding box.
+3. **Normalise** each channel inside the brain mask (``plan.normalization``): ``zscore``
    subtracts the mean and divides by the standard deviation of the brain voxels; ``clip_zscore``
    first clips to the ``[lower_pct, upper_pct]`` percentiles of the brain voxels. Voxels outside
    the mask are set to 0.
-4. **Resample** to ``plan["target_spacing"]`` (:mod:`brainseg_cli.data.resampling`): images with
-   ``plan["resampling"]["image_order"]`` (3 = cubic), labels nearest neighbour; anisotropic data
+4. **Resample** to ``plan.target_spacing`` (:mod:`brainseg_cli.data.resampling`): images with
+   ``plan.resampling.image_order`` (3 = cubic), labels nearest neighbour; anisotropic data
    (max/min spacing > 3) resample the low-resolution axis separately with nearest neighbour. A
    2-D plan resamples only in-plane: the slice axis keeps each case's own spacing and count.
 
@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from brainseg_cli.data.brainmask import background_values, bounding_box, brain_mask
+from brainseg_cli.data.plan_schema import Plan, as_plan
 from brainseg_cli.data.resampling import (
-    ANISOTROPY_THRESHOLD,
     compute_new_shape,
     resample_images,
     resample_labels,
@@ -248,7 +248,7 @@ def _as_3d(image: Any) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
 
 def preprocess_case(
     image: Any,
-    plan: Mapping[str, Any],
+    plan: Plan | Mapping[str, Any],
     *,
     label: Any | None = None,
     mask: np.ndarray | None = None,
@@ -257,10 +257,11 @@ def preprocess_case(
 
     Args:
         image: :class:`~brainseg_cli.io.Image` with ``(C, X, Y, Z)`` voxels in
-            ``plan["channels"]`` order (a single-channel image may omit the channel axis; a 2-D
+            ``plan.channels`` order (a single-channel image may omit the channel axis; a 2-D
             image ``(C, X, Y)`` is treated as one slice with Z = 1).
-        plan: the plan dict (keys used: ``channels``, ``orientation``, ``crop_to_brain``,
-            ``normalization``, ``target_spacing``, ``config``, ``slice_axis``, ``resampling``).
+        plan: the :class:`~brainseg_cli.data.plan_schema.Plan` (or plan data); read: ``channels``,
+            ``orientation``, ``crop_to_brain``, ``normalization``, ``target_spacing``, ``config``,
+            ``slice_axis``, ``resampling``.
         label: optional label Image ``(X, Y, Z)`` on the same grid.
         mask: optional brain mask ``(X, Y, Z)`` (bool, the input's own axes) used instead of the
             border rule (e.g. a dataset's brain mask file).
@@ -273,8 +274,9 @@ def preprocess_case(
         InputError: the channel count differs from the plan's.
         GeometryError: the label or mask is not on the image's grid.
     """
+    plan = as_plan(plan)
     data, spacing, direction = _as_3d(image)
-    channels = list(plan["channels"])
+    channels = list(plan.channels)
     if data.shape[0] != len(channels):
         raise InputError(f"image has {data.shape[0]} channel(s) but the plan expects {len(channels)} "
                          f"({', '.join(channels)})")
@@ -287,21 +289,21 @@ def preprocess_case(
         raise GeometryError(f"brain mask shape {tuple(np.shape(mask))} differs from the image's {image.spatial_shape}")
 
     # 1. reorient
-    axes, flips = orientation_transform(axis_codes(direction), plan["orientation"])
+    axes, flips = orientation_transform(axis_codes(direction), plan.orientation)
     data = _apply_orientation(data, axes, flips, 1)
     sp = tuple(float(spacing[a]) for a in axes)
     if lab is not None:
         lab = _apply_orientation(lab, axes, flips, 0)
 
     # 2. brain mask and crop
-    config = plan["config"]
-    slice_axis = plan.get("slice_axis") if config == "2d" else None
+    config = plan.config
+    slice_axis = plan.slice_axis if config == "2d" else None
     backgrounds = tuple(background_values(data))
     if mask is not None:
         m = _apply_orientation(np.asarray(mask, dtype=bool).reshape(data.shape[1:]), axes, flips, 0)
     else:
         m = brain_mask(data, backgrounds=backgrounds, slice_axis=slice_axis)
-    if plan.get("crop_to_brain", True):
+    if plan.crop_to_brain:
         bbox = bounding_box(m)
     else:
         bbox = tuple((0, int(n)) for n in data.shape[1:])
@@ -313,26 +315,25 @@ def preprocess_case(
     cropped_shape = tuple(int(n) for n in data.shape[1:])
 
     # 3. normalise
-    norm = {n["channel"]: n for n in plan["normalization"]}
+    norm = {n.channel: n for n in plan.normalization}
     normed = np.empty(data.shape, dtype=np.float32)
     for c, name in enumerate(channels):
         spec = norm.get(name)
         if spec is None:
             raise ConfigError(f"plan has no normalization entry for channel '{name}'")
-        normed[c] = normalize_channel(data[c], m, scheme=spec["scheme"], lower_pct=spec.get("lower_pct", 10.0),
-                                      upper_pct=spec.get("upper_pct", 99.0))
+        normed[c] = normalize_channel(data[c], m, scheme=spec.scheme, lower_pct=spec.lower_pct,
+                                      upper_pct=spec.upper_pct)
 
     # 4. resample
-    target = [float(t) for t in plan["target_spacing"]]
+    target = [float(t) for t in plan.target_spacing]
     if config == "2d" and slice_axis is not None:
         target[slice_axis] = sp[slice_axis]
     new_shape = compute_new_shape(cropped_shape, sp, target)
     if config == "2d" and slice_axis is not None:
         new_shape = tuple(cropped_shape[a] if a == slice_axis else n for a, n in enumerate(new_shape))
-    resampling = plan.get("resampling", {})
-    threshold = float(resampling.get("anisotropy_threshold", ANISOTROPY_THRESHOLD))
+    threshold = float(plan.resampling.anisotropy_threshold)
     sep = separate_axis(sp, target, threshold=threshold) if new_shape != cropped_shape else None
-    out = resample_images(normed, new_shape, order=int(resampling.get("image_order", 3)), separate=sep)
+    out = resample_images(normed, new_shape, order=int(plan.resampling.image_order), separate=sep)
     seg = None
     if lab is not None:
         seg = resample_labels(lab.astype(np.uint8, copy=False), new_shape)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from brainseg_cli.data.plan_schema import PREDICTION_KEYS, Plan
 from brainseg_cli.errors import CheckpointError, ConfigError
 
 #: Engines that run an ONNX graph.
@@ -59,8 +60,8 @@ def checkpoint_metadata(ckpt: Mapping[str, Any]) -> dict[str, Any]:
 def example_window(ckpt: Mapping[str, Any], *, seed: int | None = None) -> torch.Tensor:
     """One network input window ``(1, C, *patch_size)`` of a checkpoint's plan (C counts the 2.5-D
     neighbour slices): zeros, or standard-normal values drawn with ``seed``."""
-    plan = ckpt["plan"]
-    shape = (1, len(ckpt["channels"]) * (2 * int(plan.get("slice_context", 0)) + 1), *[int(p) for p in plan["patch_size"]])
+    plan = Plan.from_dict(ckpt["plan"], what="checkpoint", required=PREDICTION_KEYS)
+    shape = (1, len(ckpt["channels"]) * (2 * plan.slice_context + 1), *plan.patch_size)
     if seed is None:
         return torch.zeros(shape)
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
@@ -199,8 +200,10 @@ class OpenVinoNetwork(nn.Module):
     """An ONNX graph compiled by OpenVINO for the CPU, behind the interface of a segmentation network.
 
     Compiled with ``INFERENCE_PRECISION_HINT f32`` (OpenVINO would otherwise run bf16 on CPUs that
-    have it, which changes labels as bf16 autocast does) and a latency hint; ``forward`` as
-    :class:`OnnxRuntimeNetwork`.
+    have it, which changes labels as bf16 autocast does) and a latency hint. The graph's axes are
+    dynamic; each input shape met (a sliding window meets one or two: the window batch and a smaller
+    last batch) gets its own static-shape compilation, which OpenVINO runs faster than the dynamic
+    one, kept for the network's lifetime. ``forward`` as :class:`OnnxRuntimeNetwork`.
 
     Args:
         model: the ONNX model (bytes) or a path to it.
@@ -208,6 +211,9 @@ class OpenVinoNetwork(nn.Module):
         threads: inference threads (default: torch's thread count).
         source: named in error messages.
     """
+
+    #: Static-shape compilations kept (more distinct shapes fall back to the dynamic compilation).
+    MAX_SHAPES = 4
 
     def __init__(self, model: bytes | Path, *, device: torch.device | str = "cpu", threads: int | None = None,
                  source: str = "<onnx>") -> None:
@@ -218,20 +224,35 @@ class OpenVinoNetwork(nn.Module):
             raise ConfigError("the openvino engine needs the openvino package (pip install openvino)") from None
         if torch.device(device).type != "cpu":
             raise ConfigError(f"{source}: the openvino engine runs on the CPU; use --device cpu or another engine")
-        core = openvino.Core()
-        try:
-            graph = core.read_model(model=model if isinstance(model, bytes) else str(model))
-            self.compiled = core.compile_model(graph, "CPU", {
-                "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
-                "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())})
-        except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
-            raise CheckpointError(f"{source}: OpenVINO cannot compile the graph: {str(exc).splitlines()[0]}") from None
-        self.output = self.compiled.output(0)
+        self.core = openvino.Core()
+        self.model = model if isinstance(model, bytes) else str(model)
+        self.config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+                       "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())}
         self.source = source
+        self.dynamic = self._compile(None)
+        self.by_shape: dict[tuple[int, ...], Any] = {}
+
+    def _compile(self, shape: tuple[int, ...] | None) -> Any:
+        try:
+            graph = self.core.read_model(model=self.model)
+            if shape is not None:
+                graph.reshape({graph.inputs[0]: list(shape)})
+            return self.core.compile_model(graph, "CPU", self.config)
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
+            raise CheckpointError(f"{self.source}: OpenVINO cannot compile the graph: {str(exc).splitlines()[0]}") from None
+
+    def _compiled_for(self, shape: tuple[int, ...]) -> Any:
+        compiled = self.by_shape.get(shape)
+        if compiled is None:
+            if len(self.by_shape) >= self.MAX_SHAPES:
+                return self.dynamic
+            compiled = self.by_shape[shape] = self._compile(shape)
+        return compiled
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(x.detach().float().cpu().numpy())
-        return torch.from_numpy(np.array(self.compiled({0: array})[self.output])).to(x.device)
+        compiled = self._compiled_for(tuple(array.shape))
+        return torch.from_numpy(np.array(compiled({0: array})[compiled.output(0)])).to(x.device)
 
 
 def onnx_network(engine: str, model: bytes | Path, *, device: torch.device | str, source: str) -> nn.Module:

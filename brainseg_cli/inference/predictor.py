@@ -19,6 +19,7 @@ Per case (:meth:`Predictor.predict`, or :meth:`Predictor.prepare` then :meth:`Pr
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -31,8 +32,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from brainseg_cli.data.plan import check_plan_values
+from brainseg_cli import choices
+from brainseg_cli.checkpoint import REQUIRED_KEYS, build_model_from_checkpoint, load_checkpoint
+from brainseg_cli.data.plan_schema import Plan
+from brainseg_cli.data.preprocessing import preprocess_case, restore_to_original
 from brainseg_cli.errors import CheckpointError, ConfigError, InputError
+from brainseg_cli.inference import engines
 from brainseg_cli.inference.postprocess import (
     agreed_groups,
     agreed_thresholds,
@@ -43,15 +48,16 @@ from brainseg_cli.inference.postprocess import (
     label_value_dtype,
     probabilities_to_labels,
 )
-from brainseg_cli.inference.sliding_window import PRECISIONS, sliding_window_predict
+from brainseg_cli.inference.sliding_window import sliding_window_predict
 from brainseg_cli.io import Image
+from brainseg_cli.models.precision import PRECISIONS
 
 logger = logging.getLogger(__name__)
 
 #: ``predict --engine`` choices: the model file's own engine, PyTorch, or ONNX Runtime.
-ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino")
+ENGINES: tuple[str, ...] = choices.ENGINES
 #: ``--lcc`` choices: the checkpoint's decision, every foreground voxel as one group, or none.
-LCC_MODES: tuple[str, ...] = ("auto", "on", "off")
+LCC_MODES: tuple[str, ...] = choices.LCC_MODES
 
 #: Plan keys that preprocessing depends on (checkpoints equal in these share one preprocessing pass).
 _PREPROCESSING_KEYS: tuple[str, ...] = (
@@ -106,14 +112,15 @@ class EnsembleMember:
     network: nn.Module
     engine: str = "torch"
 
-    @property
-    def plan(self) -> dict[str, Any]:
-        """The checkpoint's plan."""
-        return self.checkpoint["plan"]
+    @functools.cached_property
+    def plan(self) -> Plan:
+        """The checkpoint's plan (checked by :func:`load_member`)."""
+        return Plan.from_dict(self.checkpoint["plan"], what=f"checkpoint {self.path}", required=_REQUIRED_PLAN_KEYS)
 
 
-def _plan_key(plan: Mapping[str, Any]) -> str:
-    return json.dumps({k: plan.get(k) for k in _PREPROCESSING_KEYS}, sort_keys=True, default=str)
+def _plan_key(plan: Plan) -> str:
+    data = plan.to_dict()
+    return json.dumps({k: data.get(k) for k in _PREPROCESSING_KEYS}, sort_keys=True, default=str)
 
 
 def load_member(path: str | os.PathLike[str], *, device: torch.device, engine: str = "auto") -> EnsembleMember:
@@ -131,9 +138,6 @@ def load_member(path: str | os.PathLike[str], *, device: torch.device, engine: s
             naming the file).
         ConfigError: an unknown engine, or one that cannot run this file.
     """
-    from brainseg_cli.checkpoint import REQUIRED_KEYS, build_model_from_checkpoint, load_checkpoint
-    from brainseg_cli.inference import engines
-
     if engine not in ENGINES:
         raise ConfigError(f"unknown engine '{engine}'; valid: {', '.join(ENGINES)}")
     path = Path(path)
@@ -186,7 +190,7 @@ def _check_metadata(ckpt: Mapping[str, Any], path: Path, *, required: Sequence[s
         raise CheckpointError(f"checkpoint {path}: slice_context must be a non-negative integer (2-D plans only), "
                               f"got {context!r}")
     try:
-        check_plan_values(plan, what=f"checkpoint {path}")
+        Plan.from_dict(plan, what=f"checkpoint {path}", required=_REQUIRED_PLAN_KEYS)
     except InputError as exc:
         raise CheckpointError(str(exc)) from None
     if list(ckpt["channels"]) != list(plan["channels"]):
@@ -256,7 +260,7 @@ class Predictor:
                 if _normalised(m.checkpoint[key]) != _normalised(first.checkpoint[key]):
                     raise CheckpointError(f"checkpoint {m.path}: {key} {m.checkpoint[key]} differ from "
                                           f"{first.path.name}'s {first.checkpoint[key]}; an ensemble must agree")
-            if bool(m.plan.get("region_based")) != bool(first.plan.get("region_based")):
+            if m.plan.region_based != first.plan.region_based:
                 raise CheckpointError(f"checkpoint {m.path}: region-based outputs differ from {first.path.name}'s")
         on_onnx = [m.path.name for m in members if m.engine != "torch"]
         if on_onnx and precision != "fp32":
@@ -331,7 +335,7 @@ class Predictor:
     @property
     def region_based(self) -> bool:
         """True when the network has one sigmoid output per region."""
-        return bool(self.members[0].plan.get("region_based"))
+        return self.members[0].plan.region_based
 
     @property
     def regions(self) -> dict[str, list[int]]:
@@ -366,15 +370,15 @@ class Predictor:
     @property
     def spatial_dims(self) -> int:
         """2 for 2-D networks (run slice by slice), 3 for 3-D networks."""
-        return 2 if self.members[0].plan["config"] == "2d" else 3
+        return self.members[0].plan.spatial_dims
 
     def source_label_map(self) -> dict[int, int]:
-        """``{canonical value: source value}`` from ``plan["source_labels"]`` (for ``--labels source``).
+        """``{canonical value: source value}`` from the plan's ``source_labels`` (for ``--labels source``).
 
         Raises:
             ConfigError: the checkpoint records no source label mapping, or it is malformed.
         """
-        raw = self.members[0].plan.get("source_labels")
+        raw = self.members[0].plan.source_labels
         if not isinstance(raw, Mapping) or not raw:
             raise ConfigError(f"checkpoint {self.members[0].path} records no source label mapping "
                               "(plan['source_labels']); use --labels model")
@@ -417,13 +421,13 @@ class Predictor:
     # ------------------------------------------------------------------------------ prediction
     def _predict_member(self, member: EnsembleMember, data: np.ndarray) -> np.ndarray:
         plan = member.plan
-        two_d = plan["config"] == "2d"
+        two_d = plan.two_d
         probs = sliding_window_predict(
-            member.network, torch.from_numpy(data), patch_size=plan["patch_size"], overlap=self.overlap,
+            member.network, torch.from_numpy(data), patch_size=plan.patch_size, overlap=self.overlap,
             batch_size=self.batch_size, tta=self.tta, precision=self.precision, device=self.device,
             activation="sigmoid" if self.region_based else "softmax",
-            slice_axis=int(plan["slice_axis"]) if two_d else None,
-            slice_context=int(plan.get("slice_context", 0)) if two_d else 0,
+            slice_axis=plan.slice_axis if two_d else None,
+            slice_context=plan.slice_context if two_d else 0,
         )
         return probs.numpy()
 
@@ -445,8 +449,6 @@ class Predictor:
         Raises:
             InputError: wrong channel count, a 2-D image, or NaN/inf voxels.
         """
-        from brainseg_cli.data.preprocessing import preprocess_case
-
         if image.spatial_dims != 3:
             raise InputError(f"case {case}: a {image.spatial_dims}-D image, but the model predicts 3-D volumes")
         if image.num_channels != len(self.channels):
@@ -471,8 +473,6 @@ class Predictor:
             ``(K, X, Y, Z)`` float32: softmax class probabilities (K = number of labels) or sigmoid
             region probabilities (K = number of regions), on the input's voxel grid.
         """
-        from brainseg_cli.data.preprocessing import restore_to_original
-
         total = np.zeros((0,), dtype=np.float32)
         for index, (members, data, info) in enumerate(prepared.groups):
             acc = self._predict_member(members[0], data)

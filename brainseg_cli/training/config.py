@@ -21,7 +21,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from brainseg_cli import choices
+from brainseg_cli.data.augmentation import AUGMENT_PRESETS
+from brainseg_cli.data.plan import PlanOverrides, override_fields
 from brainseg_cli.errors import ConfigError, InputError, did_you_mean
+from brainseg_cli.models import model_info
+from brainseg_cli.models.precision import TRAIN_PRECISIONS
 
 try:  # Python >= 3.11
     import tomllib
@@ -30,20 +35,15 @@ except ImportError:  # pragma: no cover - Python 3.10
 
 logger = logging.getLogger(__name__)
 
-OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
-SCHEDULES: tuple[str, ...] = ("poly", "cosine")
-LOSSES: tuple[str, ...] = ("dice-ce", "dice")
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+OPTIMIZERS: tuple[str, ...] = choices.OPTIMIZERS
+SCHEDULES: tuple[str, ...] = choices.SCHEDULES
+LOSSES: tuple[str, ...] = choices.TRAINING_LOSSES
 
 def _plan_override_keys() -> tuple[str, ...]:
-    from brainseg_cli.data.plan import override_fields
-
     return override_fields()
 
 
 def _augment_preset_names() -> tuple[str, ...]:
-    from brainseg_cli.data.augmentation import AUGMENT_PRESETS
-
     return tuple(name for name in AUGMENT_PRESETS if name != "none")
 
 
@@ -198,7 +198,7 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"ema must be a decay in (0, 1) such as 0.995, or 0 for none, got {config.ema!r}")
     _choice("loss", config.loss, LOSSES)
     _choice("augment_preset", config.augment_preset, AUGMENT_PRESET_NAMES)
-    _choice("precision", config.precision, PRECISIONS)
+    _choice("precision", config.precision, TRAIN_PRECISIONS)
     given = [name for name in ("val_cases", "val_split", "fold") if getattr(config, name) is not None]
     if len(given) > 1:
         raise ConfigError(f"choose one of --val-cases, --val-split and --fold, got {' and '.join(given)}")
@@ -274,8 +274,6 @@ def _check_option_values(options: Mapping[str, Any], *, source: Path) -> None:
     Raises:
         ConfigError: ``options file FILE: KEY must be ..., got VALUE``.
     """
-    from brainseg_cli.data.plan import PlanOverrides
-
     train_names = set(train_config_fields())
     train = {k: v for k, v in options.items() if k in train_names}
     try:
@@ -419,8 +417,6 @@ def resolve_runtime(config: TrainConfig, *, local_rank: int | None = None, model
         # GPUs before Ampere have no bf16 at all.
         precision = "fp16"
     if config.precision == "auto" and precision != "fp32" and model is not None:
-        from brainseg_cli.models import model_info
-
         if not model_info(model).reduced_precision:
             notes.append(f"--precision auto: fp32 for {model}, which diverges in {precision} with its default plan")
             precision = "fp32"

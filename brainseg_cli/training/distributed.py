@@ -10,7 +10,7 @@ Two ways in:
 
 The backend is NCCL when the processes use CUDA and gloo on CPUs. Only rank 0 writes files.
 Every rank samples different patches (each sample of a global batch is drawn from its own seed,
-see :mod:`brainseg_cli.training.fit`), gradients are averaged by DDP.
+see :mod:`brainseg_cli.training.batches`), gradients are averaged by DDP.
 """
 
 from __future__ import annotations

@@ -3,16 +3,10 @@
 :func:`finetune` takes a checkpoint written by ``pretrain`` (or an earlier ``finetune``) and a
 target dataset (nnU-Net v2 raw layout) whose channels and labels may differ, and:
 
-1. **plans** the target (:func:`plan_for_target`): the *architecture* (model name and its whole
-   config: depth, widths, kernels, strides, deep supervision), the 2-D/3-D *configuration*, a 2-D
-   network's *slice context* and the *normalisation scheme* are inherited from the checkpoint; the
-   orientation, target spacing, slice axis, patch and batch size are re-planned from the target's
-   fingerprint by the normal planner (:func:`brainseg_cli.data.plan.make_plan`) with that
-   architecture fixed, so patches stay multiples of the network's size divisor.
-   ``plan["decisions"]`` says "inherited" or "re-planned" for each, and ``plan["transfer"]`` lists both sets. Region-based (sigmoid)
-   outputs are inherited when the checkpoint has them and the target dataset defines regions.
-   Options that would change the architecture (``config``, ``model``, ``model_config``,
-   ``deep_supervision``, ``normalization``) are refused (:data:`ARCHITECTURE_OPTIONS`);
+1. **plans** the target (:func:`brainseg_cli.training.target_plan.plan_for_target`): the
+   architecture, the 2-D/3-D configuration, the slice context and the normalisation scheme come
+   from the checkpoint, the rest is re-planned from the target's fingerprint; options that would
+   change the architecture are refused (:data:`~brainseg_cli.training.target_plan.ARCHITECTURE_OPTIONS`);
 2. **builds** the network with the target's input channels and outputs and loads the pretrained
    weights (:func:`brainseg_cli.training.transfer.transfer_weights`): input channels are matched
    by canonical name (``channel_map`` overrides), unmatched channels start from the mean of the
@@ -27,7 +21,8 @@ target dataset (nnU-Net v2 raw layout) whose channels and labels may differ, and
    parameters included);
 4. optionally **selects** N training cases (:mod:`brainseg_cli.training.selection`: ``random`` or
    ``lesion-balanced`` quantile strata of the foreground volume), after the validation split;
-5. **trains** with :func:`brainseg_cli.training.fit.fit`.
+5. **trains** with :func:`brainseg_cli.training.fit.fit` through the process skeleton it shares
+   with ``pretrain`` (:mod:`brainseg_cli.training.process`).
 
 Before training the stage table (trainable / frozen parameters per stage) and the channel and
 label decisions are logged and written to ``RUN_DIR/transfer.json``; the same record is stored
@@ -39,7 +34,6 @@ options that differ from the run's.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -49,32 +43,49 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from brainseg_cli.errors import BrainsegError, ConfigError, InputError
-from brainseg_cli.training import distributed as D
-from brainseg_cli.training.config import TrainConfig, resolve_runtime
-from brainseg_cli.training.fit import (
-    LAST,
-    EpochState,
-    TrainResult,
-    check_run_dir,
-    discard_unstarted_run,
-    fit,
-    seed_everything,
+from brainseg_cli.checkpoint import load_checkpoint
+from brainseg_cli.data.fingerprint import compute_fingerprint
+from brainseg_cli.data.layout import load_dataset
+from brainseg_cli.data.plan_schema import PREDICTION_KEYS, Plan
+from brainseg_cli.errors import ConfigError, did_you_mean
+from brainseg_cli.io.atomic import atomic_write
+from brainseg_cli.models import build_model
+from brainseg_cli.training.config import TrainConfig
+from brainseg_cli.training.optim import resolved_optimizer_settings
+from brainseg_cli.training.process import (
+    launch_or_run,
+    plan_and_cache,
+    planned_model,
+    train,
+    training_process,
 )
+from brainseg_cli.training.run import EpochState, TrainResult
+from brainseg_cli.training.rundir import LAST
 from brainseg_cli.training.selection import SELECT_METHODS, lesion_volumes_from_fingerprint, select_cases
-from brainseg_cli.training.transfer import FreezeSpec, parse_freeze
+from brainseg_cli.training.splits import split_cases
+from brainseg_cli.training.target_plan import (
+    ARCHITECTURE_OPTIONS,
+    output_names,
+    plan_for_target,
+    source_outputs,
+    spatial_dims,
+)
+from brainseg_cli.training.transfer import (
+    FreezeSpec,
+    apply_freeze,
+    channel_key,
+    frozen_stages,
+    keep_frozen_norms_in_eval,
+    param_groups,
+    parse_freeze,
+    stage_table,
+    transfer_weights,
+    unfreeze,
+)
 
 logger = logging.getLogger(__name__)
 
-PLAN_FILE = "plan.json"
-CACHE_DIR = "preprocessed"
 TRANSFER_FILE = "transfer.json"
-
-#: Plan options that would change what the checkpoint fixes; ``finetune`` refuses them.
-ARCHITECTURE_OPTIONS: tuple[str, ...] = ("config", "model", "model_config", "deep_supervision", "normalization")
-
-#: Keys of a model config that ``build_model`` takes as separate arguments.
-_MODEL_ARGS: tuple[str, ...] = ("spatial_dims", "in_channels", "num_classes")
 
 
 @dataclass(frozen=True)
@@ -168,166 +179,6 @@ def parse_channel_map(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-# ------------------------------------------------------------------------------------- planning
-def _model_kwargs(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
-    """The checkpoint's ``build_model`` keyword arguments (its model config without dims/channels/classes)."""
-    return {k: v for k, v in dict(checkpoint["model"]["config"]).items() if k not in _MODEL_ARGS}
-
-
-def _spatial_dims(checkpoint: Mapping[str, Any]) -> int:
-    config = checkpoint["model"]["config"]
-    dims = config.get("spatial_dims") or (checkpoint.get("plan") or {}).get("model", {}).get("spatial_dims")
-    if dims not in (2, 3):
-        plan_config = (checkpoint.get("plan") or {}).get("config")
-        if plan_config in ("2d", "3d"):
-            return 2 if plan_config == "2d" else 3
-        raise InputError(f"checkpoint model '{checkpoint['model']['name']}' does not say whether it is 2-D or 3-D")
-    return int(dims)
-
-
-def output_names(*, labels: Mapping[str, int], regions: Mapping[str, Sequence[int]] | None,
-                 region_based: bool) -> dict[str, int]:
-    """Output name -> output row: the labels (softmax) or the regions in order (sigmoid)."""
-    if region_based:
-        return {str(name): i for i, name in enumerate(regions or {})}
-    return {str(k): int(v) for k, v in labels.items()}
-
-
-def source_outputs(checkpoint: Mapping[str, Any]) -> dict[str, int]:
-    """The checkpoint's output name -> row map (labels, or regions for a region-based model)."""
-    plan = checkpoint.get("plan") or {}
-    return output_names(labels=checkpoint["labels"], regions=checkpoint.get("regions"),
-                        region_based=bool(plan.get("region_based")))
-
-
-def _channel_key(name: str) -> str:
-    from brainseg_cli.data.channels import find_canonical_channel
-
-    return find_canonical_channel(str(name)) or str(name).strip().lower()
-
-
-def _inherited_normalization(source_plan: Mapping[str, Any], target_channels: Sequence[str],
-                             channel_map: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
-    """Normalisation entries for the target channels: the scheme of the matched checkpoint channel
-    (by ``channel_map``, else by canonical name), else that of the checkpoint's first channel."""
-    entries = [dict(e) for e in (source_plan.get("normalization") or [])]
-    if not entries:
-        entries = [{"channel": None, "scheme": "zscore", "lower_pct": 10.0, "upper_pct": 99.0}]
-    by_key = {_channel_key(e["channel"]): e for e in entries if e.get("channel") is not None}
-    overrides = {_channel_key(t): _channel_key(s) for t, s in channel_map}
-    out = []
-    for channel in target_channels:
-        key = _channel_key(channel)
-        match = by_key.get(overrides.get(key, key), entries[0])
-        out.append({**{k: v for k, v in match.items() if k != "channel"}, "channel": channel})
-    return out
-
-
-def plan_for_target(
-    *,
-    checkpoint: Mapping[str, Any],
-    fingerprint: Mapping[str, Any],
-    info: Any,
-    plan_overrides: Mapping[str, Any] | None = None,
-    channel_map: Sequence[tuple[str, str]] = (),
-    device: str = "cpu",
-    checkpoint_path: str | os.PathLike[str] | None = None,
-) -> dict[str, Any]:
-    """Plan a target dataset for a pretrained checkpoint (rules in the module docstring).
-
-    Args:
-        checkpoint: a checkpoint dict (:func:`brainseg_cli.checkpoint.load_checkpoint`).
-        fingerprint: the target's fingerprint (:func:`brainseg_cli.data.fingerprint.compute_fingerprint`).
-        info: the target's :class:`~brainseg_cli.data.layout.DatasetInfo`.
-        plan_overrides: :class:`~brainseg_cli.data.plan.PlanOverrides` fields for the re-planned
-            values (``patch_size``, ``batch_size``, ``target_spacing``, ``regions``, ...).
-        channel_map: ``(target, source)`` pairs (only used to pick each channel's inherited normalisation).
-        device: ``cpu`` / ``cuda`` / ``cuda:N`` (the planner's budget).
-        checkpoint_path: recorded in ``plan["transfer"]``.
-
-    Returns:
-        The plan (as :func:`~brainseg_cli.data.plan.make_plan`'s) with ``decisions`` marking
-        inherited and re-planned values and a ``transfer`` section
-        ``{"checkpoint", "source_dataset", "source_fingerprint", "inherited": {...}, "replanned": [...]}``.
-
-    Raises:
-        ConfigError: an architecture option in ``plan_overrides`` (names it), or another invalid override.
-    """
-    from brainseg_cli.data.plan import PlanOverrides, make_plan
-
-    overrides = {k: v for k, v in dict(plan_overrides or {}).items() if v is not None}
-    refused = [k for k in overrides if k in ARCHITECTURE_OPTIONS]
-    if refused:
-        raise ConfigError(
-            f"fine-tuning keeps the checkpoint's architecture, configuration and normalisation: option "
-            f"'{refused[0]}' cannot be set (it comes from the checkpoint)"
-        )
-    source_plan = dict(checkpoint.get("plan") or {})
-    context = int(source_plan.get("slice_context", 0))
-    if overrides.get("slice_context", context) != context:
-        raise ConfigError(f"fine-tuning keeps the checkpoint's 2.5-D slice context ({context}): slice_context "
-                          f"{overrides['slice_context']!r} cannot be set")
-    overrides["slice_context"] = context
-    name = checkpoint["model"]["name"]
-    dims = _spatial_dims(checkpoint)
-    config = "2d" if dims == 2 else "3d"
-    kwargs = _model_kwargs(checkpoint)
-    inherited_regions = False
-    if "regions" not in overrides and source_plan.get("region_based"):
-        if info.regions:
-            overrides["regions"] = "dataset"
-            inherited_regions = True
-        else:
-            logger.warning("the checkpoint has region (sigmoid) outputs but dataset %s defines no regions: training "
-                           "softmax labels, the output head starts afresh", info.name)
-    elif "regions" not in overrides:
-        overrides["regions"] = "none"  # a softmax checkpoint keeps softmax outputs unless --regions says otherwise
-        inherited_regions = True
-    for key in ("patch_size", "target_spacing"):
-        if isinstance(overrides.get(key), list):
-            overrides[key] = tuple(overrides[key])
-    try:
-        plan_options = PlanOverrides(config=config, model=name, model_config=kwargs, **overrides)
-    except TypeError as exc:
-        raise ConfigError(f"invalid plan options for fine-tuning: {exc}") from None
-    plan = make_plan(fingerprint=fingerprint, info=info, overrides=plan_options, device=device)
-
-    source_desc = f"checkpoint {Path(checkpoint_path).name if checkpoint_path else '(in memory)'}"
-    plan["model"]["config"] = kwargs
-    plan["normalization"] = _inherited_normalization(source_plan, plan["channels"], channel_map)
-    decisions = plan["decisions"]
-    for key in ("orientation", "target_spacing", "slice_axis", "patch_size", "batch_size", "budget"):
-        if key in decisions and not str(decisions[key]).startswith("given"):
-            decisions[key] = f"re-planned for {info.name}: {decisions[key]}"
-    decisions["config"] = f"inherited from the {source_desc} ({config})"
-    if context:
-        decisions["slice_context"] = f"inherited from the {source_desc} ({context})"
-    else:
-        decisions.pop("slice_context", None)
-    decisions["model"] = f"inherited from the {source_desc}: {name} with its configuration"
-    schemes = sorted({e["scheme"] for e in plan["normalization"]})
-    decisions["normalization"] = f"inherited from the {source_desc}: {', '.join(schemes)}"
-    if inherited_regions:
-        decisions["regions"] = (f"inherited from the {source_desc}: region-based outputs over {info.name}'s regions"
-                                if plan["region_based"] else f"inherited from the {source_desc}: softmax over the labels")
-    replanned = ["orientation", "target_spacing", "patch_size", "batch_size"] + (["slice_axis"] if dims == 2 else [])
-    inherited: dict[str, Any] = {"config": config, "model": {"name": name, "config": kwargs},
-                                 "normalization": schemes}
-    if context:
-        inherited["slice_context"] = context
-    if inherited_regions:
-        inherited["region_based"] = bool(plan["region_based"])
-    plan["transfer"] = {
-        "checkpoint": str(Path(checkpoint_path).resolve()) if checkpoint_path else None,
-        "source_dataset": source_plan.get("dataset"),
-        "source_fingerprint": (checkpoint.get("training") or {}).get("dataset_fingerprint"),
-        "inherited": inherited,
-        "replanned": replanned,
-        "given": sorted(k for k in overrides if not (k == "regions" and inherited_regions) and k != "slice_context"),
-    }
-    return plan
-
-
 # ------------------------------------------------------------------------------------- records
 def format_transfer_table(record: Mapping[str, Any]) -> str:
     """The human-readable summary of a transfer record (stage table, channel and label decisions)."""
@@ -360,7 +211,6 @@ def format_transfer_table(record: Mapping[str, Any]) -> str:
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    from brainseg_cli.io.atomic import atomic_write
 
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
@@ -381,7 +231,6 @@ class _FreezeControl:
         self.written = False
 
     def train_mode(self, model: Any) -> None:
-        from brainseg_cli.training.transfer import keep_frozen_norms_in_eval
 
         if not self.released:
             keep_frozen_norms_in_eval(model, self.spec)
@@ -396,7 +245,6 @@ class _FreezeControl:
     def release(self, state: EpochState) -> None:
         if self.released or self.unfreeze_after is None or state.epoch < self.unfreeze_after:
             return
-        from brainseg_cli.training.transfer import unfreeze
 
         params = [p for p in state.model.parameters() if not p.requires_grad]
         unfreeze(state.model)
@@ -425,6 +273,7 @@ def finetune(
     train_config: TrainConfig,
     plan_overrides: Mapping[str, Any] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    bundle: str | None = None,
 ) -> TrainResult:
     """Fine-tune a pretrained checkpoint on a dataset; write the run folder (module docstring).
 
@@ -437,6 +286,7 @@ def finetune(
         plan_overrides: re-planned values to set (``patch_size``, ``batch_size``, ``target_spacing``,
             ``memory_gb``, ``regions``, ...; not :data:`ARCHITECTURE_OPTIONS`).
         progress: ``progress(description, done, total)`` (single-process runs only).
+        bundle: also write ``RUN_DIR/BUNDLE.bundle.zip`` (``best.pt`` and its model card) at the end.
 
     Returns:
         The :class:`~brainseg_cli.training.fit.TrainResult`.
@@ -448,8 +298,6 @@ def finetune(
         CheckpointError: the checkpoint is missing, foreign or damaged.
         InputError: an invalid dataset.
     """
-    from brainseg_cli.checkpoint import load_checkpoint
-
     overrides = {k: v for k, v in dict(plan_overrides or {}).items() if v is not None}
     refused = [k for k in overrides if k in ARCHITECTURE_OPTIONS]
     if refused:
@@ -459,22 +307,13 @@ def finetune(
         raise ConfigError(f"--unfreeze-after {finetune_config.unfreeze_after} must be before the last epoch "
                           f"(--epochs {train_config.epochs})")
     load_checkpoint(finetune_config.checkpoint)  # a missing or foreign file fails here, before any work
-    run_dir = Path(run_dir)
-    if train_config.nproc > 1 and D.env_world() is None:
-        resolve_runtime(train_config)
-        check_run_dir(run_dir, resume=train_config.resume, is_main=True, create=False)
-        return D.launch(_finetune_process, nproc=train_config.nproc,
-                        kwargs={"dataset_dir": str(dataset_dir), "run_dir": str(run_dir),
-                                "finetune_config": finetune_config, "train_config": train_config,
-                                "plan_overrides": overrides})
-    return _finetune_process(dataset_dir=dataset_dir, run_dir=run_dir, finetune_config=finetune_config,
-                             train_config=train_config, plan_overrides=overrides, progress=progress)
+    return launch_or_run(_finetune_process, run_dir=Path(run_dir), train_config=train_config,
+                         kwargs={"dataset_dir": str(dataset_dir), "finetune_config": finetune_config,
+                                 "plan_overrides": overrides}, progress=progress, bundle=bundle)
 
 
 def _check_resume(run_dir: Path, finetune_config: FinetuneConfig) -> None:
     """Refuse ``--resume`` with fine-tuning options that differ from the run's (read from ``last.pt``)."""
-    from brainseg_cli.checkpoint import load_checkpoint
-
     last = run_dir / LAST
     if not last.exists():
         return
@@ -497,108 +336,55 @@ def _finetune_process(
     progress: Callable[[str, int, int], None] | None = None,
 ) -> TrainResult:
     """One process of :func:`finetune` (the whole run without DDP)."""
-    import torch
-
-    from brainseg_cli.checkpoint import load_checkpoint
-    from brainseg_cli.data.augmentation import AugmentConfig
-    from brainseg_cli.data.cache import build_cache, open_cache
-    from brainseg_cli.data.datasets import CachedCases
-    from brainseg_cli.data.fingerprint import compute_fingerprint
-    from brainseg_cli.data.layout import load_dataset
-    from brainseg_cli.data.plan import load_plan, save_plan
-    from brainseg_cli.models import build_model
-    from brainseg_cli.training.optim import resolved_optimizer_settings
-    from brainseg_cli.training.splits import split_cases
-    from brainseg_cli.training.transfer import apply_freeze, param_groups, stage_table, transfer_weights
-
-    run_dir = Path(run_dir)
-    found = D.env_world()
-    local_rank = found[2] if found is not None and found[1] > 1 else None
-    runtime = resolve_runtime(train_config, local_rank=local_rank)
-    ctx = D.init_from_env(use_cuda=runtime.device.startswith("cuda"))
-    created = ctx.is_main and not run_dir.exists()  # removed again if planning fails
-    try:
+    with training_process(run_dir, train_config,
+                          check_resume=lambda folder: _check_resume(folder, finetune_config)) as proc:
         ckpt_path = Path(finetune_config.checkpoint)
         ckpt = load_checkpoint(ckpt_path)
         spec = finetune_config.freeze_spec
         selection_seed = train_config.seed if finetune_config.seed is None else finetune_config.seed
-        if ctx.is_main:
-            if train_config.resume:
-                _check_resume(run_dir, finetune_config)
-            check_run_dir(run_dir, resume=train_config.resume, is_main=True, create=True)
-        D.barrier(ctx)
         info = load_dataset(dataset_dir)
-        plan_path = run_dir / PLAN_FILE
-        workers = max(1, runtime.workers)
         train_cases, val_cases = split_cases(list(info.training_cases), val_cases=train_config.val_cases,
                                              val_split=train_config.val_split, fold=train_config.fold,
                                              folds=train_config.folds)
         _check_before_planning(ckpt, info=info, finetune_config=finetune_config, num_train=len(train_cases))
-        if ctx.is_main:
-            if train_config.resume and plan_path.exists():
-                plan = load_plan(plan_path)
-                logger.info("resuming with the run's plan %s", plan_path)
-            else:
-                fingerprint = compute_fingerprint(info, workers=workers, progress=progress)
-                plan = plan_for_target(checkpoint=ckpt, fingerprint=fingerprint, info=info,
-                                       plan_overrides=plan_overrides, channel_map=finetune_config.channel_map,
-                                       device=runtime.device, checkpoint_path=ckpt_path)
-                plan["transfer"]["case_selection"] = _selection(finetune_config, train_cases, fingerprint,
-                                                                seed=selection_seed)
-                save_plan(plan, plan_path)
-            selected = _selected_cases(plan, train_cases)
-            build_cache(info, plan, folder=run_dir / CACHE_DIR, cases=[*selected, *val_cases], workers=workers,
-                        progress=progress)
-        D.barrier(ctx)
-        plan = load_plan(plan_path)
+
+        def new_plan() -> Plan:
+            fingerprint = compute_fingerprint(info, workers=proc.workers, progress=progress)
+            plan = plan_for_target(checkpoint=ckpt, fingerprint=fingerprint, info=info, plan_overrides=plan_overrides,
+                                   channel_map=finetune_config.channel_map, device=proc.runtime.device,
+                                   checkpoint_path=ckpt_path)
+            selection = _selection(finetune_config, train_cases, fingerprint, seed=selection_seed)
+            return plan.replace(transfer={**(plan.transfer or {}), "case_selection": selection})
+
+        plan, cache = plan_and_cache(proc, info=info, make_plan=new_plan, progress=progress,
+                                     cases=lambda plan: [*_selected_cases(plan, train_cases), *val_cases])
         selected = _selected_cases(plan, train_cases)
-        cache = open_cache(run_dir / CACHE_DIR, plan=plan)
         logger.info("%d training and %d validation cases (validation: %s)", len(selected), len(val_cases),
                     ", ".join(val_cases))
 
-        seed_everything(train_config.seed)
-        spec_model = plan["model"]
-        model = build_model(spec_model["name"], spatial_dims=spec_model["spatial_dims"],
-                            in_channels=spec_model["in_channels"], num_classes=spec_model["num_classes"],
-                            **spec_model["config"])
-        target_outputs = output_names(labels=plan["labels"], regions=plan.get("regions"),
-                                      region_based=bool(plan.get("region_based")))
+        model = planned_model(plan, seed=train_config.seed)
+        target_outputs = output_names(labels=plan.labels, regions=plan.regions, region_based=plan.region_based)
         report = transfer_weights(model, ckpt["state_dict"], source_channels=list(ckpt["channels"]),
-                                  target_channels=list(plan["channels"]),
+                                  target_channels=list(plan.channels),
                                   channel_map=dict(finetune_config.channel_map) or None,
                                   source_labels=source_outputs(ckpt), target_labels=target_outputs,
-                                  slice_context=int(plan.get("slice_context", 0)))
+                                  slice_context=plan.slice_context)
         freeze_report = apply_freeze(model, spec)
         settings = resolved_optimizer_settings(name=train_config.optimizer, lr=train_config.lr,
                                                schedule=train_config.schedule, weight_decay=train_config.weight_decay)
         groups = param_groups(model, lr=settings["lr"], encoder_lr_scale=finetune_config.encoder_lr_scale)
         record = _record(ckpt=ckpt, ckpt_path=ckpt_path, plan=plan, info=info, finetune_config=finetune_config,
                          report=report, freeze_report=freeze_report, stages=stage_table(model, spec))
-        if ctx.is_main:
+        if proc.ctx.is_main:
             logger.info("%s", format_transfer_table(record))
         control = _FreezeControl(spec=spec, unfreeze_after=finetune_config.unfreeze_after, lr=settings["lr"],
                                  encoder_lr_scale=finetune_config.encoder_lr_scale, record=record,
-                                 record_path=run_dir / TRANSFER_FILE if ctx.is_main else None)
-        augment = AugmentConfig.preset(train_config.augment_preset)
-        data = CachedCases(cache, plan, augment=augment)
-        extra = {
-            "dataset_fingerprint": (plan.get("fingerprint") or {}).get("hash"),
-            "dataset": info.name,
-            "dataset_dir": str(Path(dataset_dir).resolve()),
-            "augmentation": dataclasses.asdict(augment) if train_config.augment else None,
-            "pretrained_from": str(ckpt_path.resolve()),
-            "transfer": record,
-        }
-        torch.set_float32_matmul_precision("high")
-        return fit(model=model, plan=plan, dataset=data, train_cases=selected, val_cases=val_cases, run_dir=run_dir,
-                   config=train_config, param_groups=groups, epoch_hooks=[control.write_record, control.release],
-                   train_mode_hook=control.train_mode, checkpoint_extra=extra, progress=progress, dist_ctx=ctx)
-    except BrainsegError:
-        if created:
-            discard_unstarted_run(run_dir)
-        raise
-    finally:
-        D.shutdown(ctx)
+                                 record_path=proc.run_dir / TRANSFER_FILE if proc.ctx.is_main else None)
+        return train(proc, model=model, plan=plan, cache=cache, info=info, dataset_dir=dataset_dir,
+                     train_cases=selected, val_cases=val_cases,
+                     extra={"pretrained_from": str(ckpt_path.resolve()), "transfer": record},
+                     param_groups=groups, epoch_hooks=[control.write_record, control.release],
+                     train_mode_hook=control.train_mode, progress=progress)
 
 
 def _check_before_planning(ckpt: Mapping[str, Any], *, info: Any, finetune_config: FinetuneConfig,
@@ -609,18 +395,14 @@ def _check_before_planning(ckpt: Mapping[str, Any], *, info: Any, finetune_confi
         ConfigError: ``firstK`` beyond the model's encoder stages, a channel map naming a channel
             that neither side has, more ``train_cases`` than training cases.
     """
-    from brainseg_cli.errors import did_you_mean
-    from brainseg_cli.models import build_model
-    from brainseg_cli.training.transfer import frozen_stages
-
     frozen_stages(build_model(ckpt["model"]["name"], **ckpt["model"]["config"]), finetune_config.freeze_spec)
-    targets = {_channel_key(c) for c in info.channels}
-    sources = {_channel_key(c) for c in ckpt["channels"]}
+    targets = {channel_key(c) for c in info.channels}
+    sources = {channel_key(c) for c in ckpt["channels"]}
     for target, source in finetune_config.channel_map:
-        if _channel_key(target) not in targets:
+        if channel_key(target) not in targets:
             raise ConfigError(f"--channel-map names '{target}'{did_you_mean(target, info.channels)}, which is not a "
                               f"channel of dataset {info.name} ({', '.join(info.channels)})")
-        if _channel_key(source) not in sources:
+        if channel_key(source) not in sources:
             raise ConfigError(f"--channel-map maps '{target}' to '{source}'{did_you_mean(source, ckpt['channels'])}, "
                               f"which is not a channel of the checkpoint ({', '.join(ckpt['channels'])})")
     if finetune_config.train_cases is not None and finetune_config.train_cases > num_train:
@@ -630,7 +412,7 @@ def _check_before_planning(ckpt: Mapping[str, Any], *, info: Any, finetune_confi
 
 def _selection(config: FinetuneConfig, train_cases: Sequence[str], fingerprint: Mapping[str, Any], *,
                seed: int) -> dict[str, Any] | None:
-    """The case-selection record stored in ``plan["transfer"]`` (None: every training case)."""
+    """The case-selection record stored in ``plan.transfer`` (None: every training case)."""
     if config.train_cases is None:
         return None
     volumes = lesion_volumes_from_fingerprint(fingerprint) if config.select == "lesion-balanced" else None
@@ -642,8 +424,8 @@ def _selection(config: FinetuneConfig, train_cases: Sequence[str], fingerprint: 
             "lesion_volume_mm3": {c: round(volumes[c], 3) for c in selected} if volumes is not None else None}
 
 
-def _selected_cases(plan: Mapping[str, Any], train_cases: Sequence[str]) -> list[str]:
-    selection = (plan.get("transfer") or {}).get("case_selection")
+def _selected_cases(plan: Plan, train_cases: Sequence[str]) -> list[str]:
+    selection = (plan.transfer or {}).get("case_selection")
     if not selection:
         return list(train_cases)
     chosen = [str(c) for c in selection["selected"]]
@@ -654,35 +436,34 @@ def _selected_cases(plan: Mapping[str, Any], train_cases: Sequence[str]) -> list
     return chosen
 
 
-def _record(*, ckpt: Mapping[str, Any], ckpt_path: Path, plan: Mapping[str, Any], info: Any,
+def _record(*, ckpt: Mapping[str, Any], ckpt_path: Path, plan: Plan, info: Any,
             finetune_config: FinetuneConfig, report: Any, freeze_report: Any,
             stages: list[dict[str, Any]]) -> dict[str, Any]:
     """The transfer record (``transfer.json`` and ``training["transfer"]`` of every checkpoint)."""
-    source_plan = ckpt.get("plan") or {}
-    channel_map_keys = {_channel_key(t) for t, _ in finetune_config.channel_map}
+    source_plan = Plan.from_dict(ckpt.get("plan"), what=f"checkpoint {ckpt_path}", required=PREDICTION_KEYS)
+    channel_map_keys = {channel_key(t) for t, _ in finetune_config.channel_map}
     mapping = dict(report.channels.mapping)
-    how = {t: ("channel_map" if _channel_key(t) in channel_map_keys else "name" if s is not None else "mean")
+    how = {t: ("channel_map" if channel_key(t) in channel_map_keys else "name" if s is not None else "mean")
            for t, s in mapping.items()}
-    transfer = dict(plan.get("transfer") or {})
+    transfer = dict(plan.transfer or {})
     return {
         "checkpoint": str(ckpt_path.resolve()),
         "source": {
-            "dataset": source_plan.get("dataset"),
+            "dataset": source_plan.dataset or None,
             "model": ckpt["model"]["name"],
-            "spatial_dims": _spatial_dims(ckpt),
+            "spatial_dims": spatial_dims(ckpt),
             "channels": list(ckpt["channels"]),
             "outputs": source_outputs(ckpt),
-            "region_based": bool(source_plan.get("region_based")),
+            "region_based": source_plan.region_based,
             "fingerprint": (ckpt.get("training") or {}).get("dataset_fingerprint"),
             "epoch": (ckpt.get("training") or {}).get("epoch"),
             "tool_version": ckpt.get("tool_version"),
         },
         "target": {
             "dataset": info.name,
-            "channels": list(plan["channels"]),
-            "outputs": output_names(labels=plan["labels"], regions=plan.get("regions"),
-                                    region_based=bool(plan.get("region_based"))),
-            "region_based": bool(plan.get("region_based")),
+            "channels": list(plan.channels),
+            "outputs": output_names(labels=plan.labels, regions=plan.regions, region_based=plan.region_based),
+            "region_based": plan.region_based,
         },
         "finetune_config": finetune_config.to_dict(),
         "freeze": {

@@ -11,7 +11,7 @@ name       lr      settings                                       weight decay  
 
 Schedules are a factor of the initial learning rate as a function of the optimiser step ``t`` out of
 ``T`` total steps, applied **every iteration** (not every epoch as in nnU-Net, so the rate falls
-smoothly even with few, long epochs) by :class:`brainseg_cli.training.fit.StepSchedule`, which also
+smoothly even with few, long epochs) by :class:`StepSchedule`, which also
 lets a time budget set ``T``:
 
 * ``poly``: ``(1 - t / T) ** 0.9``
@@ -21,10 +21,11 @@ lets a time budget set ``T``:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from brainseg_cli.errors import ConfigError, look_up
@@ -113,3 +114,94 @@ def resolved_optimizer_settings(*, name: str, lr: float | None, schedule: str | 
         "schedule": preset.schedule if schedule is None else schedule,
         "weight_decay": preset.weight_decay if weight_decay is None else weight_decay,
     }
+
+
+class StepSchedule:
+    """Per-iteration learning-rate schedule (see :mod:`brainseg_cli.training.optim`).
+
+    The rate is ``initial_lr * f(p)`` with ``f`` the schedule's factor and ``p`` in [0, 1] the
+    progress through the schedule. Without a time budget ``p = step / total_steps``. With one
+    (``--max-time``), :meth:`retarget` is told after every epoch how many more steps the budget
+    still allows, and every later step moves ``p`` an equal share of the way that is left, so the
+    rate reaches its end value (0 for ``poly``) when the time runs out rather than after
+    ``total_steps`` (``p`` never falls behind ``step / total_steps``, so an ``--epochs`` limit
+    that comes first still ends the schedule).
+
+    Each parameter group's initial rate is remembered under ``"initial_lr"`` the first time the
+    schedule sees it, so groups added later by a hook are scheduled from their own initial rate.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, name: str, total_steps: int) -> None:
+        if name not in SCHEDULE_FACTORS:
+            raise ConfigError(f"unknown schedule '{name}'; valid: {', '.join(SCHEDULE_FACTORS)}")
+        if total_steps < 1:
+            raise ConfigError(f"the schedule needs at least one step, got {total_steps}")
+        self.optimizer = optimizer
+        self.name = name
+        self.total_steps = total_steps
+        self.step_count = 0
+        self.progress = 0.0
+        self.remaining: int | None = None
+        self.apply()
+
+    def factor(self) -> float:
+        """The current multiplier of the initial rates."""
+        return SCHEDULE_FACTORS[self.name](self.progress, 1.0)
+
+    def apply(self) -> None:
+        """Set every group's ``lr`` for the current step."""
+        f = self.factor()
+        for group in self.optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+            group["lr"] = group["initial_lr"] * f
+
+    def retarget(self, remaining_steps: int | None) -> None:
+        """End the schedule after ``remaining_steps`` more steps (None: after ``total_steps``)."""
+        self.remaining = None if remaining_steps is None else max(0, int(remaining_steps))
+
+    def step(self) -> None:
+        """Advance one optimiser step."""
+        self.step_count += 1
+        by_steps = min(1.0, self.step_count / self.total_steps)
+        if self.remaining is None:
+            self.progress = by_steps
+        else:
+            share = 1.0 if self.remaining <= 1 else 1.0 / self.remaining
+            self.progress = max(by_steps, min(1.0, self.progress + (1.0 - self.progress) * share))
+            self.remaining = max(0, self.remaining - 1)
+        self.apply()
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"name", "total_steps", "step", "progress", "remaining"}``."""
+        return {"name": self.name, "total_steps": self.total_steps, "step": self.step_count,
+                "progress": self.progress, "remaining": self.remaining}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the step count and progress (the name and total must match this run's)."""
+        if state.get("name") != self.name or state.get("total_steps") != self.total_steps:
+            raise ConfigError(
+                f"the saved schedule ({state.get('name')}, {state.get('total_steps')} steps) differs from this run's "
+                f"({self.name}, {self.total_steps} steps)"
+            )
+        self.step_count = int(state["step"])
+        self.progress = float(state.get("progress", min(1.0, self.step_count / self.total_steps)))
+        remaining = state.get("remaining")
+        self.remaining = None if remaining is None else int(remaining)
+        self.apply()
+
+
+def steps_left_in_budget(*, budget_seconds: float, elapsed: float, epoch_seconds: Sequence[float],
+                         iterations: int, val_every: int) -> int:
+    """Optimiser steps that still fit a wall-clock budget, in whole epochs.
+
+    An epoch is estimated as the mean of the recent epochs, over a window long enough to hold
+    validated and unvalidated epochs in their proportion (``max(5, 2 * val_every)``), so the
+    estimate agrees with the loop's stopping rule.
+    """
+    if not epoch_seconds:
+        return 0
+    window = list(epoch_seconds[-max(5, 2 * val_every):])
+    per_epoch = float(np.mean(window))
+    if per_epoch <= 0:
+        return 0
+    return int(max(0.0, budget_seconds - elapsed) // per_epoch) * iterations

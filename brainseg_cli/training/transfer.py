@@ -291,7 +291,7 @@ def _layer_names(model: SegmentationModel, layers: Sequence[nn.Module]) -> list[
     return [names[id(layer)] for layer in layers]
 
 
-def _channel_key(name: str) -> str:
+def channel_key(name: str) -> str:
     """Matching key of a channel name: its canonical name (aliases allowed), else the lower-cased name."""
     return find_canonical_channel(str(name)) or str(name).strip().lower()
 
@@ -299,7 +299,7 @@ def _channel_key(name: str) -> str:
 def _index_by_name(names: Sequence[str], what: str) -> dict[str, int]:
     index: dict[str, int] = {}
     for i, name in enumerate(names):
-        key = _channel_key(name)
+        key = channel_key(name)
         if key in index:
             raise ConfigError(f"{what} list {list(names)} names '{name}' twice")
         index[key] = i
@@ -344,20 +344,20 @@ def adapt_input_channels(
     target_index = _index_by_name(target_channels, "target channel")
     overrides: dict[int, int] = {}
     for target, source in (channel_map or {}).items():
-        if _channel_key(target) not in target_index:
+        if channel_key(target) not in target_index:
             raise ConfigError(
                 f"channel_map names target channel '{target}'{did_you_mean(str(target), target_channels)}, "
                 f"which is not among the target channels {', '.join(target_channels)}"
             )
-        if _channel_key(source) not in source_index:
+        if channel_key(source) not in source_index:
             raise ConfigError(
                 f"channel_map maps '{target}' to source channel '{source}'{did_you_mean(str(source), source_channels)}, "
                 f"which is not among the checkpoint channels {', '.join(source_channels)}"
             )
-        overrides[target_index[_channel_key(target)]] = source_index[_channel_key(source)]
+        overrides[target_index[channel_key(target)]] = source_index[channel_key(source)]
     sources: list[int | None] = []
     for j, target in enumerate(target_channels):
-        sources.append(overrides.get(j, source_index.get(_channel_key(target))))
+        sources.append(overrides.get(j, source_index.get(channel_key(target))))
     n_src, n_tgt = len(source_channels), len(target_channels)
     scale = n_src / n_tgt
     current = model.state_dict()

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from brainseg_cli.data.plan_schema import Plan, as_plan
 from brainseg_cli.errors import ConfigError
 from brainseg_cli.inference import apply_largest_component, probabilities_to_labels, sliding_window_predict
 from brainseg_cli.inference.postprocess import ALL_FOREGROUND, REGION_THRESHOLD, check_thresholds, grow_regions
@@ -180,7 +181,7 @@ def validate(
     network: nn.Module,
     cases: Iterable[tuple[str, np.ndarray, np.ndarray]],
     *,
-    plan: Mapping[str, Any],
+    plan: Plan | Mapping[str, Any],
     entities: Mapping[str, Sequence[int]],
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     target_fn: Callable[[np.ndarray], torch.Tensor] | None = None,
@@ -209,19 +210,19 @@ def validate(
     Returns:
         The :class:`ValidationResult`.
     """
-    region_based = bool(plan.get("region_based"))
+    plan = as_plan(plan)
+    region_based = plan.region_based
     activation = "sigmoid" if region_based else "softmax"
-    region_lists = [list(v) for v in plan["regions"].values()] if region_based else None
+    region_lists = plan.region_lists if region_based else None
     per_case: dict[str, dict[str, float]] = {}
     predictions: dict[str, np.ndarray] = {}
     probabilities: dict[str, np.ndarray] = {}
     losses: list[float] = []
     case_list = list(cases)
     for i, (case, image, label) in enumerate(case_list):
-        probs = predict_preprocessed(network, image, patch_size=plan["patch_size"], activation=activation,
-                                     precision=precision, device=device, slice_axis=plan.get("slice_axis"),
-                                     batch_size=int(plan.get("batch_size", 1)),
-                                     slice_context=int(plan.get("slice_context", 0)))
+        probs = predict_preprocessed(network, image, patch_size=plan.patch_size, activation=activation,
+                                     precision=precision, device=device, slice_axis=plan.slice_axis,
+                                     batch_size=plan.batch_size, slice_context=plan.slice_context)
         pred = probabilities_to_labels(probs, regions=region_lists)
         per_case[case] = case_dice(pred, label, entities)
         if loss_fn is not None and target_fn is not None:

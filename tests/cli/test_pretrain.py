@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -69,6 +70,9 @@ def test_end_to_end(phantom, narrow, tmp_path):
     assert res.exit_code == 0, res.output
     assert res.output.strip().splitlines()[-1] == str(run / "best.pt")
     assert "mean validation Dice" in res.output
+    # not a terminal: no bar, one log line per epoch with its speed
+    text = " ".join(res.output.split())
+    assert len(re.findall(r"epoch \d: train loss [\d.]+, 2 steps in [\d.]+ s \([\d.]+ steps/s\)", text)) == 2
     assert {"plan.json", "preprocessed", "config.json", "metrics.csv", "best.pt", "last.pt"} <= {p.name for p in run.iterdir()}
     plan = json.loads((run / "plan.json").read_text())
     assert plan["patch_size"] == [16, 16, 16] and plan["batch_size"] == 2 and plan["region_based"] is False
@@ -242,7 +246,7 @@ def test_a_plan_error_leaves_no_run_folder(phantom, tmp_path):
 
 
 def test_discard_unstarted_run_keeps_a_resumable_run(tmp_path):
-    from brainseg_cli.training.fit import discard_unstarted_run
+    from brainseg_cli.training.rundir import discard_unstarted_run
 
     unstarted = tmp_path / "a"
     (unstarted / "preprocessed").mkdir(parents=True)

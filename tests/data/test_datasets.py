@@ -12,9 +12,14 @@ from brainseg_cli.data.datasets import CachedCases, PatchDataset, context_slab, 
 from brainseg_cli.data.fingerprint import compute_fingerprint
 from brainseg_cli.data.layout import load_dataset
 from brainseg_cli.data.phantom import write_phantom_dataset
-from brainseg_cli.data.plan import PlanOverrides, make_plan
+from brainseg_cli.data.plan import PlanOverrides
+from brainseg_cli.data.plan import make_plan as _make_plan
 from brainseg_cli.errors import InputError
 
+
+def make_plan(**kwargs):
+    """The plan as ``plan.json`` holds it (JSON data), which these tests read."""
+    return _make_plan(**kwargs).to_dict()
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):

@@ -13,18 +13,25 @@ from brainseg_cli.data.plan import (
     CPU_LOWRES_SPACING_MM,
     PlanOverrides,
     load_plan,
-    make_plan,
     nested_regions,
     network_cost,
     override_fields,
     preprocessing_key,
     save_plan,
 )
+from brainseg_cli.data.plan import (
+    make_plan as _make_plan,
+)
 from brainseg_cli.errors import ConfigError, InputError
 from brainseg_cli.models import build_model
 
 TUMOUR = {"background": 0, "edema": 1, "non-enhancing tumour": 2, "enhancing tumour": 3}
 
+
+
+def make_plan(**kwargs):
+    """The plan as ``plan.json`` holds it (JSON data), which these tests read."""
+    return _make_plan(**kwargs).to_dict()
 
 def fingerprint(spacing=(1.0, 1.0, 1.0), shape=(140, 172, 138), n=300, eight_bit=False, channels=4,
                 orientation="LPS", spacing_10th=None):
@@ -259,7 +266,7 @@ def test_save_load_and_preprocessing_key(tmp_path):
     plan = make_plan(fingerprint=fingerprint(shape=(30, 30, 24), n=3), info=info(), device="cpu")
     path = save_plan(plan, tmp_path / "plan.json")
     loaded = load_plan(path)
-    assert loaded == json.loads(json.dumps(plan))
+    assert loaded.to_dict() == json.loads(json.dumps(plan))
     key = preprocessing_key(plan)
     assert key["target_spacing"] == plan["target_spacing"] and "batch_size" not in key
     (tmp_path / "bad.json").write_text("{}")

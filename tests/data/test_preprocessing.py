@@ -30,13 +30,18 @@ from brainseg_cli.io import Image
 def make_plan(**changes):
     """A minimal plan with the keys preprocessing reads."""
     plan = {
-        "config": "3d", "channels": ["T1", "FLAIR"], "orientation": "LPS", "crop_to_brain": True,
+        "format_version": 1, "config": "3d", "channels": ["T1", "FLAIR"], "orientation": "LPS", "crop_to_brain": True,
         "normalization": [{"channel": c, "scheme": "zscore", "lower_pct": 10.0, "upper_pct": 99.0}
                           for c in ("T1", "FLAIR")],
         "target_spacing": [1.0, 1.0, 1.0], "slice_axis": None,
         "resampling": {"image_order": 3, "label_order": 0, "probability_order": 1, "anisotropy_threshold": 3.0},
+        "labels": {"background": 0, "outer": 1, "inner": 2}, "regions": {}, "region_based": False,
+        "patch_size": [16, 16, 16], "batch_size": 2,
+        "model": {"name": "unet", "spatial_dims": 3, "in_channels": 2, "num_classes": 3, "config": {}},
     }
     plan.update(changes)
+    if len(plan["patch_size"]) != (2 if plan["config"] == "2d" else 3):
+        plan["patch_size"] = [16] * (2 if plan["config"] == "2d" else 3)
     return plan
 
 
@@ -285,7 +290,8 @@ def test_background_class_false_and_errors():
     with pytest.raises(InputError, match="do not match the preprocessed grid"):
         restore_to_original(probs[:, :-1], info)
     with pytest.raises(InputError, match="image has 2 channel\\(s\\) but the plan expects 3"):
-        preprocess_case(image, make_plan(channels=["T1", "FLAIR", "T2"]))
+        preprocess_case(image, make_plan(channels=["T1", "FLAIR", "T2"], normalization=[
+            {"channel": c, "scheme": "zscore", "lower_pct": 10.0, "upper_pct": 99.0} for c in ("T1", "FLAIR", "T2")]))
     other = Image(np.asarray(label.array), (1.0, 1.0, 2.0))
     with pytest.raises(GeometryError):
         preprocess_case(image, make_plan(), label=other)

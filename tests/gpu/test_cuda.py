@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 from brainseg_cli.checkpoint import build_model_from_checkpoint, load_checkpoint
 from brainseg_cli.cli.main import app
 from brainseg_cli.data.phantom import write_phantom_dataset
-from brainseg_cli.data.plan import PlanOverrides, make_plan
+from brainseg_cli.data.plan import PlanOverrides
+from brainseg_cli.data.plan import make_plan as _make_plan
 from brainseg_cli.io.image import read_image
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -28,6 +29,11 @@ runner = CliRunner()
 TRAIN = ["--epochs", "4", "--iterations", "8", "--patch-size", "32,32,32", "--batch-size", "2", "--workers", "0",
          "--device", "cuda", "--val-cases", "1", "--no-aug", "--seed", "1"]
 
+
+
+def make_plan(**kwargs):
+    """The plan as ``plan.json`` holds it (JSON data), which these tests read."""
+    return _make_plan(**kwargs).to_dict()
 
 def invoke(args: list[str]):
     return runner.invoke(app, args)

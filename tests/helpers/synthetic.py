@@ -1,6 +1,6 @@
 """Tiny in-memory training data for tests of the fit loop.
 
-:class:`ArrayCases` implements the :class:`brainseg_cli.training.fit.TrainingCases` protocol over
+:class:`ArrayCases` implements the :class:`brainseg_cli.training.batches.TrainingCases` protocol over
 NumPy arrays: random crops (foreground-centred when forced) and, with ``augment``, random flips.
 Cases are noisy volumes with a bright cube (label 1) and a brighter inner cube (label 2), so a small
 network learns them within tens of steps.
@@ -74,15 +74,23 @@ def cube_cases(n: int, *, shape: Sequence[int] = (32, 32, 32), channels: int = 2
 def cube_plan(*, patch_size: Sequence[int] = (16, 16, 16), batch_size: int = 2, channels: int = 2,
               region_based: bool = False) -> dict:
     """A minimal plan for :func:`cube_cases` (labels ``inner`` inside ``outer``)."""
+    names = ["T1", "FLAIR"][:channels]
+    regions = {"whole": [1, 2], "core": [2]} if region_based else {}
     plan = {
+        "format_version": 1,
         "config": "3d" if len(patch_size) == 3 else "2d",
-        "channels": ["T1", "FLAIR"][:channels],
+        "channels": names,
         "labels": {"background": 0, "outer": 1, "inner": 2},
-        "regions": {"whole": [1, 2], "core": [2]} if region_based else None,
+        "regions": regions,
         "region_based": region_based,
+        "orientation": "LPS",
         "target_spacing": [1.0, 1.0, 1.0],
         "slice_axis": None if len(patch_size) == 3 else 2,
         "patch_size": list(patch_size),
         "batch_size": batch_size,
+        "normalization": [{"channel": c, "scheme": "zscore", "lower_pct": 10.0, "upper_pct": 99.0} for c in names],
+        "crop_to_brain": True,
+        "model": {"name": "unet", "spatial_dims": len(patch_size), "in_channels": channels,
+                  "num_classes": len(regions) if region_based else 3, "config": {}},
     }
     return plan

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pickle
 import re
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -232,9 +230,9 @@ def fake_models(monkeypatch):
     def build_model(name, **config):
         return look_up(name, {"tiny": _Tiny}, "model")(**config)
 
-    module = types.ModuleType("brainseg_cli.models")
-    module.build_model = build_model
-    monkeypatch.setitem(sys.modules, "brainseg_cli.models", module)
+    import brainseg_cli.checkpoint as checkpoint_module
+
+    monkeypatch.setattr(checkpoint_module, "build_model", build_model)
 
 
 def test_build_model_from_checkpoint(tmp_path, fake_models):

@@ -22,7 +22,8 @@ from brainseg_cli.checkpoint import load_checkpoint, save_checkpoint
 from brainseg_cli.data.fingerprint import compute_fingerprint
 from brainseg_cli.data.layout import load_dataset, read_case, write_dataset_json
 from brainseg_cli.data.phantom import write_phantom_dataset
-from brainseg_cli.data.plan import PlanOverrides, make_plan
+from brainseg_cli.data.plan import PlanOverrides
+from brainseg_cli.data.plan import make_plan as _make_plan
 from brainseg_cli.errors import CheckpointError, ConfigError
 from brainseg_cli.io import Image, write_image
 from brainseg_cli.models import build_model, stage_of
@@ -34,13 +35,25 @@ from brainseg_cli.training.finetune import (
     finetune,
     format_transfer_table,
     parse_channel_map,
-    plan_for_target,
     source_outputs,
+)
+from brainseg_cli.training.finetune import (
+    plan_for_target as _plan_for_target,
 )
 
 SHAPE = (32, 32, 24)
 FAST = {"iterations_per_epoch": 2, "workers": 0, "device": "cpu", "val_cases": 1, "augment": False}
 
+
+
+def make_plan(**kwargs):
+    """The plan as ``plan.json`` holds it (JSON data), which these tests read."""
+    return _make_plan(**kwargs).to_dict()
+
+
+def plan_for_target(**kwargs):
+    """The fine-tuning plan as ``plan.json`` holds it."""
+    return _plan_for_target(**kwargs).to_dict()
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -190,7 +203,7 @@ def test_region_outputs_are_inherited_when_the_target_has_regions(data, caplog):
     assert plan["region_based"] and list(plan["regions"]) == ["WT", "TC", "ET"] and plan["model"]["num_classes"] == 3
     assert plan["decisions"]["regions"].startswith("inherited") and plan["transfer"]["inherited"]["region_based"]
     tissue = load_dataset(data["tissue"])
-    with caplog.at_level(logging.WARNING, logger="brainseg_cli.training.finetune"):
+    with caplog.at_level(logging.WARNING, logger="brainseg_cli.training.target_plan"):
         plan = plan_for_target(checkpoint=ckpt, fingerprint=compute_fingerprint(tissue), info=tissue)
     assert not plan["region_based"] and plan["model"]["num_classes"] == 4
     assert "defines no regions" in caplog.text

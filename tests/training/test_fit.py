@@ -84,7 +84,7 @@ def test_checkpoints_are_self_describing_and_loadable(trained):
 
 
 def test_each_checkpoint_decides_postprocessing_on_its_own_predictions(tmp_path, monkeypatch):
-    from brainseg_cli.training import fit as fit_module
+    from brainseg_cli.training import decisions as fit_module
     from brainseg_cli.training.validation import validate, validation_entities
 
     seen = []
@@ -113,7 +113,7 @@ def test_each_checkpoint_decides_postprocessing_on_its_own_predictions(tmp_path,
 
 
 def test_postprocessing_decided_once_when_the_best_epoch_is_the_last(tmp_path, monkeypatch):
-    from brainseg_cli.training import fit as fit_module
+    from brainseg_cli.training import decisions as fit_module
 
     calls = []
     real = fit_module.decide_postprocessing
@@ -126,7 +126,7 @@ def test_postprocessing_decided_once_when_the_best_epoch_is_the_last(tmp_path, m
 
 
 def test_region_thresholds_decided_per_checkpoint_on_its_own_probabilities(tmp_path, monkeypatch):
-    from brainseg_cli.training import fit as fit_module
+    from brainseg_cli.training import decisions as fit_module
     from brainseg_cli.training.validation import THRESHOLD_CANDIDATES, validate, validation_entities
 
     seen = []
@@ -227,6 +227,20 @@ def test_patience_and_time_budget_stop_early(tmp_path):
     assert len(rows) == 1 and rows[0]["val_dice_mean"] != ""  # the last epoch is always validated
 
 
+def test_time_budget_ends_an_epoch_within_a_step(tmp_path, monkeypatch):
+    # A clock that moves 1 s each time it is read: a 30 s budget is spent a few steps into the
+    # first epoch of 200 steps, which then ends early, is validated and is the last.
+    from brainseg_cli.training import run as run_module
+
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(run_module.time, "perf_counter", lambda: float(next(ticks)))
+    result = run(tmp_path, "budget", epochs=3, iterations_per_epoch=200, max_time_min=0.5)
+    assert result.stop_reason == "max_time" and result.epochs_completed == 1
+    assert 1 <= len(result.step_losses) < 30
+    rows = list(csv.DictReader(open(tmp_path / "budget" / "metrics.csv")))
+    assert len(rows) == 1 and rows[0]["val_dice_mean"] != ""
+
+
 def test_val_every(tmp_path):
     run(tmp_path, "every", epochs=3, iterations_per_epoch=2, val_every=2)
     rows = list(csv.DictReader(open(tmp_path / "every" / "metrics.csv")))
@@ -319,7 +333,7 @@ def test_compile_wraps_the_network(tmp_path, monkeypatch):
 
 def test_training_loss_follows_the_plans_batch_dice():
     from brainseg_cli.losses import DeepSupervisionLoss
-    from brainseg_cli.training.fit import training_loss
+    from brainseg_cli.training.targets import training_loss
 
     plan = cube_plan()
     model = tiny_model(deep_supervision=False)

@@ -9,8 +9,14 @@ import torch
 from torch import nn
 
 from brainseg_cli.errors import ConfigError
-from brainseg_cli.training.fit import StepSchedule, steps_left_in_budget
-from brainseg_cli.training.optim import build_optimizer, cosine_factor, poly_factor, resolved_optimizer_settings
+from brainseg_cli.training.optim import (
+    StepSchedule,
+    build_optimizer,
+    cosine_factor,
+    poly_factor,
+    resolved_optimizer_settings,
+    steps_left_in_budget,
+)
 
 
 def test_presets():

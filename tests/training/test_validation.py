@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers.synthetic import cube_plan
 from torch import nn
 
 from brainseg_cli.errors import ConfigError
@@ -69,8 +70,7 @@ def test_validate_with_a_perfect_network(two_d):
     label[2:6, 2:6, 2:6] = 1
     label[3:5, 3:5, 3:5] = 2
     image = np.stack([label.astype(np.float32), np.zeros_like(label, np.float32)])
-    plan = {"patch_size": [8, 8] if two_d else [8, 8, 8], "region_based": False, "regions": {},
-            "slice_axis": 2 if two_d else None}
+    plan = cube_plan(patch_size=(8, 8) if two_d else (8, 8, 8))
     from brainseg_cli.losses import build_loss
 
     result = validate(Oracle(), [("a", image, label)], plan=plan, entities={"edema": [1], "core": [2]},
@@ -87,7 +87,7 @@ def test_validate_region_based():
     label[2:4, 2:4, 2:4] = 2
     image = label[None].astype(np.float32)
     regions = {"WT": [1, 2], "TC": [2]}
-    plan = {"patch_size": [8, 8, 8], "region_based": True, "regions": regions, "slice_axis": None}
+    plan = dict(cube_plan(patch_size=(8, 8, 8), channels=1), region_based=True, regions=regions)
     result = validate(Oracle(regions=list(regions.values())), [("a", image, label)], plan=plan, entities=regions)
     assert result.mean_per_entity == {"WT": 1.0, "TC": 1.0}
     assert np.isnan(result.loss)
@@ -206,7 +206,7 @@ def test_validate_keeps_probabilities_when_asked():
     label = np.zeros((8, 8, 8), np.uint8)
     label[1:5, 1:5, 1:5] = 1
     regions = {"WT": [1]}
-    plan = {"patch_size": [8, 8, 8], "region_based": True, "regions": regions, "slice_axis": None}
+    plan = dict(cube_plan(patch_size=(8, 8, 8), channels=1), region_based=True, regions=regions)
     cases = [("a", label[None].astype(np.float32), label)]
     kept = validate(Oracle(regions=[[1]]), cases, plan=plan, entities=regions, keep_probabilities=True)
     assert kept.probabilities["a"].shape == (1, 8, 8, 8) and kept.probabilities["a"].dtype == np.float16
