@@ -63,7 +63,20 @@ from typing import Any
 import numpy as np
 
 from brainseg_cli import __version__
+from brainseg_cli.data.convert import ConvertConfig, convert_dataset
+from brainseg_cli.data.converters import SourceOptions, get_converter
+from brainseg_cli.data.layout import DATASET_JSON, IMAGES_TR, IMAGES_TS, LABELS_TR, load_dataset
+from brainseg_cli.data.phantom import write_phantom_brats, write_phantom_dataset
 from brainseg_cli.errors import ConfigError, InputError
+from brainseg_cli.inference.export import ExportConfig, export_model
+from brainseg_cli.inference.predict import PredictConfig, predict_folder
+from brainseg_cli.io import atomic_dir, atomic_write, read_image
+from brainseg_cli.metrics.evaluation import FOREGROUND_MEAN, EvaluateConfig, evaluate_folders
+from brainseg_cli.training.config import TrainConfig
+from brainseg_cli.training.finetune import FinetuneConfig, finetune
+from brainseg_cli.training.pretrain import pretrain
+from brainseg_cli.viz.overlays import OverlayInputs
+from brainseg_cli.viz.report import ReportConfig, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -282,8 +295,6 @@ def check_data_folder(data: Path) -> list[str]:
         InputError: ``data`` is not a folder, holds no BraTS cases, has invalid cases, or has
             fewer than 4 labelled cases (training, validation and held-out cases are needed).
     """
-    from brainseg_cli.data.converters import SourceOptions, get_converter
-
     data = Path(data)
     if not data.is_dir():
         raise InputError(f"--data {data}: not a folder")
@@ -340,9 +351,6 @@ def link_cases(data: Path, case_ids: Sequence[str], target: Path, *, base: Path)
     Returns:
         ``target``.
     """
-    from brainseg_cli.data.converters import SourceOptions, get_converter
-    from brainseg_cli.io import atomic_dir
-
     wanted = set(case_ids)
     source = get_converter("brats").discover(data, SourceOptions())
     root = data.resolve()
@@ -369,9 +377,6 @@ def link_dataset_cases(root: Path, case_ids: Sequence[str], target: Path, *, bas
     Returns:
         ``target``.
     """
-    from brainseg_cli.data.layout import DATASET_JSON, IMAGES_TR, IMAGES_TS, LABELS_TR, load_dataset
-    from brainseg_cli.io import atomic_dir
-
     info = load_dataset(root)
     meta = json.loads((Path(root) / DATASET_JSON).read_text(encoding="utf-8"))
     with atomic_dir(target) as tmp:
@@ -453,16 +458,12 @@ def _means(result: Any, metric: str, names: Sequence[str]) -> dict[str, float]:
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    from brainseg_cli.io import atomic_write
-
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------- the demo
 def _train_config(config: DemoConfig, *, epochs: int) -> Any:
-    from brainseg_cli.training.config import TrainConfig
-
     # Adam at 3e-3 with cosine decay converges within the few hundred steps of the budget; no
     # spatial/intensity augmentation (held-out phantoms come from the training distribution).
     return TrainConfig(epochs=epochs, iterations_per_epoch=config.iterations, val_cases=config.val_cases,
@@ -472,9 +473,6 @@ def _train_config(config: DemoConfig, *, epochs: int) -> Any:
 
 def _predict_and_evaluate(*, stages: _Stages, checkpoint: Path, test_dataset: Path, pred_dir: Path,
                           eval_dir: Path, name: str, regions: bool) -> Any:
-    from brainseg_cli.inference.predict import PredictConfig, predict_folder
-    from brainseg_cli.metrics.evaluation import EvaluateConfig, evaluate_folders
-
     stages.start("predict")
     predict_folder(config=PredictConfig(models=(checkpoint,), input=test_dataset, output=pred_dir),
                    progress=lambda case, done, total: stages.report(f"{name} {case}", done, total))
@@ -488,11 +486,6 @@ def _predict_and_evaluate(*, stages: _Stages, checkpoint: Path, test_dataset: Pa
 
 def _export_and_check(checkpoint: Path, *, test_dataset: Path, out: Path) -> dict[str, Any]:
     """Export ``checkpoint`` to ONNX, predict the first held-out case with it and compare with PyTorch's labels."""
-    from brainseg_cli.data.layout import load_dataset
-    from brainseg_cli.inference.export import ExportConfig, export_model
-    from brainseg_cli.inference.predict import PredictConfig, predict_folder
-    from brainseg_cli.io import read_image
-
     exported = export_model(ExportConfig(checkpoint=checkpoint, output=out / "export" / "tumour.onnx"))
     info = load_dataset(test_dataset)
     case = info.training_cases[0]
@@ -511,9 +504,6 @@ def _export_and_check(checkpoint: Path, *, test_dataset: Path, out: Path) -> dic
 
 
 def _model_result(evaluation: Any, *, train: Any, test_dataset: Path, results_json: Path) -> ModelResult:
-    from brainseg_cli.data.layout import load_dataset
-    from brainseg_cli.metrics.evaluation import FOREGROUND_MEAN
-
     names = list(evaluation.labels) + [r for r in evaluation.regions if r not in evaluation.labels]
     mean = _means(evaluation, "dice", [FOREGROUND_MEAN])[FOREGROUND_MEAN]
     return ModelResult(dice=_means(evaluation, "dice", names), hd95=_means(evaluation, "hd95", names),
@@ -538,14 +528,6 @@ def run_demo(*, config: DemoConfig, progress: Progress | None = None) -> DemoSum
         InputError: ``config.data`` is not a BraTS folder with at least 4 labelled cases (checked
             before anything is written).
     """
-    from brainseg_cli.data.convert import ConvertConfig, convert_dataset
-    from brainseg_cli.data.layout import load_dataset
-    from brainseg_cli.data.phantom import write_phantom_brats, write_phantom_dataset
-    from brainseg_cli.training.finetune import FinetuneConfig, finetune
-    from brainseg_cli.training.pretrain import pretrain
-    from brainseg_cli.viz.overlays import OverlayInputs
-    from brainseg_cli.viz.report import ReportConfig, write_report
-
     validate(config)
     start = time.perf_counter()
     if config.data is not None:

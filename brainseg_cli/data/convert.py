@@ -42,6 +42,7 @@ from brainseg_cli.data.converters import SourceCase, SourceDataset, SourceOption
 from brainseg_cli.data.labelmaps import LabelMap, used_labels
 from brainseg_cli.data.layout import DATASET_JSON, IMAGES_TR, IMAGES_TS, LABELS_TR, write_dataset_json
 from brainseg_cli.errors import ConfigError, InputError
+from brainseg_cli.io import atomic_write, write_image
 
 logger = logging.getLogger(__name__)
 
@@ -246,8 +247,6 @@ def _read_json_or_none(path: Path) -> dict | None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    from brainseg_cli.io import atomic_write
-
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
@@ -328,8 +327,6 @@ def convert_case(case: SourceCase, *, channels: tuple[str, ...], label_map: Labe
             when a channel or the label lies on another grid than the first channel. Nothing of
             the case is written then.
     """
-    from brainseg_cli.io import write_image
-
     what = f"case {case.case_id}"
     loaded = case.load()
     missing = [c for c in channels if c not in loaded.channels]

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from brainseg_cli.data.brainmask import background_values, bounding_box, brain_mask
+from brainseg_cli.data.layout import read_case
 from brainseg_cli.data.preprocessing import axis_codes, reorient_values
 from brainseg_cli.errors import InputError
 
@@ -57,8 +58,6 @@ def case_fingerprint(info: Any, case: str) -> dict[str, Any]:
         label_voxels, intensity`` (per channel) and ``samples`` (``(C, N)`` float32 sampled brain
         voxel values; dropped from the final fingerprint).
     """
-    from brainseg_cli.data.layout import read_case
-
     image, label = read_case(info, case, with_label=True)
     if image.spatial_dims != 3:
         raise InputError(f"case {case}: expected 3-D images, got {image.spatial_dims}-D")

@@ -28,6 +28,7 @@ import numpy as np
 
 from brainseg_cli.data.channels import find_canonical_channel
 from brainseg_cli.errors import InputError
+from brainseg_cli.io import Image, atomic_write, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -380,8 +381,6 @@ def read_case(info: DatasetInfo, case: str, *, with_label: bool = True):
             ``info.labels``.
         GeometryError: a channel or the label is on another grid than channel 0 (names the case).
     """
-    from brainseg_cli.io import Image, read_image
-
     paths = info.image_paths(case)
     channels = []
     for i, path in enumerate(paths):
@@ -435,8 +434,6 @@ def write_dataset_json(
     Raises:
         InputError: labels not consecutive from 0, repeated channel names, or a negative count.
     """
-    from brainseg_cli.io import atomic_write
-
     root = Path(root)
     values = sorted(int(v) for v in labels.values())
     if values != list(range(len(values))):

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from brainseg_cli import __version__
+from brainseg_cli.data.layout import write_dataset_json
 from brainseg_cli.errors import ConfigError, InputError, look_up
 from brainseg_cli.io import Image, atomic_dir, write_image, write_tiff
 
@@ -329,8 +330,6 @@ def _check_target(root: Path, n: int, what: str) -> None:
 
 def _write_dataset_json(root: Path, *, channels: Sequence[str], labels: Mapping[str, int],
                         num_training: int, brainseg: Mapping[str, object]) -> None:
-    from brainseg_cli.data.layout import write_dataset_json
-
     write_dataset_json(root, channels=channels, labels=labels, num_training=num_training,
                        file_ending=".nii.gz", brainseg=brainseg)
 

@@ -40,6 +40,8 @@ import numpy as np
 from brainseg_cli.data.channels import find_canonical_channel
 from brainseg_cli.errors import InputError
 from brainseg_cli.io import SUPPORTED_EXTENSIONS, Image, read_image
+from brainseg_cli.io.names import split_ending
+from brainseg_cli.io.slices import LGG_CHANNELS, list_lgg_patients, read_lgg_patient
 
 logger = logging.getLogger(__name__)
 
@@ -97,14 +99,7 @@ class LoadedCase:
 
 def _split_ext(path: Path) -> tuple[str, str] | None:
     """``(stem, ending)`` for a supported, non-hidden image file; ``None`` otherwise."""
-    name = path.name
-    if name.startswith("."):
-        return None
-    lower = name.lower()
-    for ext in SUPPORTED_EXTENSIONS:
-        if lower.endswith(ext):
-            return name[: -len(ext)], name[len(name) - len(ext):]
-    return None
+    return split_ending(path)
 
 
 def channel_from_name(stem: str) -> tuple[str, str] | None:
@@ -237,8 +232,6 @@ def _case_folder(folder: Path) -> CaseSource | None:
 
 
 def _is_lgg(root: Path) -> bool:
-    from brainseg_cli.io.slices import list_lgg_patients
-
     if not any(root.glob("*.tif*")) and not any(root.glob("*/*.tif*")):
         return False
     try:
@@ -270,8 +263,6 @@ def discover_cases(root: str | Path) -> list[CaseSource]:
     Raises:
         InputError: ``root`` does not exist, holds no case, or two cases have the same id.
     """
-    from brainseg_cli.io.slices import list_lgg_patients
-
     root = Path(root)
     if root.is_file():
         parts = _split_ext(root)
@@ -376,8 +367,6 @@ def load_case(source: CaseSource, *, channels: Sequence[str],
             a 2-D image; NaN or infinite voxels (names the case).
         GeometryError: channel files on different grids.
     """
-    from brainseg_cli.io.slices import LGG_CHANNELS, read_lgg_patient
-
     if source.problem:
         raise InputError(source.problem)
     slice_numbers = None

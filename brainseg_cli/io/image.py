@@ -52,13 +52,10 @@ import numpy as np
 
 from brainseg_cli.errors import GeometryError, InputError, OutputError
 from brainseg_cli.io.atomic import atomic_write, output_error, temporary_sibling
+from brainseg_cli.io.names import SUPPORTED_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
-#: File endings read and written by :func:`read_image` / :func:`write_image` (lower case).
-SUPPORTED_EXTENSIONS: tuple[str, ...] = (
-    ".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".gipl.gz", ".gipl", ".tif", ".tiff",
-)
 _NIFTI = (".nii.gz", ".nii")
 _TIFF = (".tif", ".tiff")
 # Formats whose header and voxels live in two files (written into a temporary folder first).

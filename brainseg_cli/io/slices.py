@@ -49,9 +49,16 @@ class LggPatient:
     slice_numbers: list[int]
 
 
-def _slice_files(folder: Path) -> tuple[dict[int, Path], dict[int, Path]]:
-    """Map slice number -> image file and slice number -> mask file in a patient folder."""
-    patient = folder.name
+def slice_files(folder: Path, patient: str | None = None) -> tuple[dict[int, Path], dict[int, Path]]:
+    """Map slice number -> image file and slice number -> mask file of a patient in ``folder``.
+
+    The one parser of Kaggle-LGG slice names (``<patient>_<n>.tif``, ``<patient>_<n>_mask.tif``);
+    ``patient`` defaults to the folder's name.
+
+    Raises:
+        InputError: two files give the same slice (e.g. ``P_1_mask.tif`` and ``P_01_mask.tiff``).
+    """
+    patient = folder.name if patient is None else patient
     image_re = re.compile(rf"^{re.escape(patient)}_(\d+)\.tiff?$", re.IGNORECASE)
     mask_re = re.compile(rf"^{re.escape(patient)}_(\d+)_mask\.tiff?$", re.IGNORECASE)
     images: dict[int, Path] = {}
@@ -71,7 +78,7 @@ def _slice_files(folder: Path) -> tuple[dict[int, Path], dict[int, Path]]:
 
 
 def _is_patient_folder(folder: Path) -> bool:
-    return folder.is_dir() and bool(_slice_files(folder)[0])
+    return folder.is_dir() and bool(slice_files(folder)[0])
 
 
 def list_lgg_patients(root: str | os.PathLike[str]) -> list[Path]:
@@ -113,7 +120,7 @@ def read_lgg_patient(folder: str | os.PathLike[str], *,
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: patient folder not found")
-    images, masks = _slice_files(folder)
+    images, masks = slice_files(folder)
     if not images:
         raise InputError(f"{folder}: no slices named {folder.name}_<n>.tif")
     numbers = sorted(images)

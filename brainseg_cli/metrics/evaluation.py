@@ -23,7 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from brainseg_cli import __version__
 from brainseg_cli.errors import ConfigError, GeometryError, InputError, look_up
+from brainseg_cli.io import atomic_write
 from brainseg_cli.metrics.empty import (
     POLICY_DESCRIPTIONS,
     EmptyPolicy,
@@ -402,8 +404,6 @@ class EvaluationResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The results.json content (docs/DEFINITIONS.md §5), NaN replaced by None."""
-        from brainseg_cli import __version__
-
         data = {
             "format_version": FORMAT_VERSION,
             "tool_version": __version__,
@@ -552,8 +552,6 @@ def _definitions(config: EvaluateConfig, *, lgg: bool) -> dict[str, Any]:
 
 
 def _write_text(path: Path, text: str) -> None:
-    from brainseg_cli.io import atomic_write
-
     with atomic_write(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 

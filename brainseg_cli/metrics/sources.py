@@ -22,7 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from brainseg_cli.data.layout import DATASET_JSON, LABELS_TR, load_dataset
 from brainseg_cli.errors import GeometryError, InputError
+from brainseg_cli.io import Image, read_image, read_tiff
+from brainseg_cli.io.names import VOLUME_ENDINGS, case_name
+from brainseg_cli.io.slices import read_lgg_patient, slice_files
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +35,6 @@ LGG_LABELS: dict[str, int] = {"background": 0, "FLAIR abnormality": 1}
 #: Voxel size assumed for Kaggle-LGG slices (TIFF carries no spacing); ``read_lgg_patient``'s default.
 LGG_SPACING: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
-_VOLUME_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".gipl.gz", ".gipl")
 _MASK_RE = re.compile(r"^(?P<patient>.+)_(?P<n>\d+)_mask\.tiff?$", re.IGNORECASE)
 
 
@@ -59,11 +62,7 @@ class LabelSource:
 
 def volume_case_id(name: str) -> str | None:
     """The case id of a label file name (``BRATS_001.nii.gz`` -> ``BRATS_001``), or None if not a volume."""
-    lower = name.lower()
-    for ending in _VOLUME_ENDINGS:
-        if lower.endswith(ending) and len(name) > len(ending):
-            return name[: -len(ending)]
-    return None
+    return case_name(name)
 
 
 def _volume_files(folder: Path, *, ending: str | None = None) -> dict[str, Path]:
@@ -114,8 +113,6 @@ def open_source(path: Path, *, role: str) -> LabelSource:
     Raises:
         InputError: the path does not exist, is not a folder, or holds no label files.
     """
-    from brainseg_cli.data.layout import DATASET_JSON, LABELS_TR, load_dataset
-
     path = Path(path)
     if not path.exists():
         raise InputError(f"{role} {path}: not found")
@@ -139,7 +136,7 @@ def open_source(path: Path, *, role: str) -> LabelSource:
                            description=f"Kaggle-LGG slices ({len(masks)} patients)")
     cases = _volume_files(path)
     if not cases:
-        raise InputError(f"{role} {path}: no label files ({', '.join(_VOLUME_ENDINGS)}), no dataset.json "
+        raise InputError(f"{role} {path}: no label files ({', '.join(VOLUME_ENDINGS)}), no dataset.json "
                          "with labelsTr/, and no Kaggle-LGG *_mask.tif slices")
     return LabelSource(root=path, kind="volumes", cases=cases, description=f"folder of {len(cases)} label files")
 
@@ -182,8 +179,6 @@ def read_volume_labels(path: Path, *, case: str, role: str):
     Raises:
         InputError: unreadable file, several channels, or non-integer values (names the case).
     """
-    from brainseg_cli.io import read_image
-
     image = read_image(path)
     if image.has_channels:
         raise InputError(f"case {case}: {role} {path} has {image.num_channels} channels; expected one label volume")
@@ -192,13 +187,7 @@ def read_volume_labels(path: Path, *, case: str, role: str):
 
 def _read_mask_slices(folder: Path, patient: str) -> tuple[np.ndarray, list[int]]:
     """Stack ``<patient>_<n>_mask.tif`` (0/255) in ``folder`` into an ``(X, Y, Z)`` 0/1 uint8 array."""
-    from brainseg_cli.io import read_tiff
-
-    files: dict[int, Path] = {}
-    for entry in folder.iterdir():
-        match = _MASK_RE.match(entry.name)
-        if match and match["patient"] == patient and entry.is_file():
-            files[int(match["n"])] = entry
+    files = slice_files(folder, patient)[1]
     numbers = sorted(files)
     planes = []
     for n in numbers:
@@ -233,9 +222,6 @@ def read_case_pair(case: str, ref: LabelSource, pred: LabelSource | None):
             numbers) differs from the reference's (names the case).
     """
     if ref.kind == "lgg":
-        from brainseg_cli.io import Image
-        from brainseg_cli.io.slices import read_lgg_patient
-
         patient = read_lgg_patient(ref.cases[case], spacing=LGG_SPACING)
         if patient.mask is None:
             raise InputError(f"case {case}: reference {ref.cases[case]} has no *_mask.tif slices")

@@ -27,11 +27,16 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from brainseg_cli.data.channels import find_canonical_channel
+from brainseg_cli.data.layout import load_dataset
 from brainseg_cli.errors import ConfigError, InputError, did_you_mean
+from brainseg_cli.io import Image, atomic_write, read_image, read_tiff
+from brainseg_cli.io.names import split_ending
+from brainseg_cli.io.slices import LGG_CHANNELS, list_lgg_patients, read_lgg_patient
+from brainseg_cli.metrics.sources import LabelSource, open_source, read_volume_labels
 from brainseg_cli.viz.render import (
     PREDICTION_COLOUR,
     REFERENCE_COLOUR,
@@ -47,10 +52,6 @@ from brainseg_cli.viz.render import (
     to_grey,
     view_axes,
 )
-
-if TYPE_CHECKING:
-    from brainseg_cli.io import Image
-    from brainseg_cli.metrics.sources import LabelSource
 
 logger = logging.getLogger(__name__)
 
@@ -249,23 +250,7 @@ def render_overlay(*, image: np.ndarray, spacing: Sequence[float], direction: np
 
 
 # ------------------------------------------------------------------------------------------ inputs
-def _is_image_file(path: Path) -> bool:
-    from brainseg_cli.io import SUPPORTED_EXTENSIONS
-
-    name = path.name
-    return (path.is_file() and not name.startswith(".")
-            and any(name.lower().endswith(ext) for ext in SUPPORTED_EXTENSIONS))
-
-
-def _strip_ending(name: str) -> str:
-    from brainseg_cli.io import image_extension
-
-    return name[: -len(image_extension(name))]
-
-
 def _is_lgg(folder: Path) -> bool:
-    from brainseg_cli.io.slices import list_lgg_patients
-
     try:
         list_lgg_patients(folder)
     except InputError:
@@ -312,8 +297,6 @@ class _ImageSource:
     """Cases of an ``images`` input and a reader for one channel of a case."""
 
     def __init__(self, root: Path) -> None:
-        from brainseg_cli.io.slices import LGG_CHANNELS, list_lgg_patients
-
         self.root = root
         self.labels: dict[str, int] | None = None
         self._files: dict[str, list[Path]] = {}
@@ -321,8 +304,6 @@ class _ImageSource:
         if not root.is_dir():
             raise InputError(f"{root}: images folder not found")
         if (root / "dataset.json").is_file():
-            from brainseg_cli.data.layout import load_dataset
-
             info = load_dataset(root)
             self.kind = "dataset"
             self.channels: tuple[str, ...] | None = tuple(info.channels)
@@ -346,9 +327,10 @@ class _ImageSource:
     def _scan_flat(root: Path) -> dict[str, list[Path]]:
         groups: dict[str, dict[int, Path]] = {}
         for path in sorted(root.iterdir()):
-            if not _is_image_file(path):
+            split = split_ending(path) if path.is_file() else None
+            if split is None:
                 continue
-            stem = _strip_ending(path.name)
+            stem = split[0]
             match = _CHANNEL_SUFFIX.match(stem)
             case, index = (match["case"], int(match["channel"])) if match else (stem, 0)
             if index in groups.setdefault(case, {}):
@@ -373,7 +355,6 @@ class _ImageSource:
                     raise ConfigError(f"--channel {index} is out of range: {self.root} has channels "
                                       f"{', '.join(self.channels)}")
                 return index, self.channels[index]
-            from brainseg_cli.data.channels import find_canonical_channel
 
             wanted = find_canonical_channel(requested) or requested
             for i, name in enumerate(self.channels):
@@ -390,9 +371,6 @@ class _ImageSource:
 
     def read(self, case: str, channel: int) -> CaseImage:
         """Read ``channel`` of ``case`` as a :class:`CaseImage`."""
-        from brainseg_cli.io import Image, read_image
-        from brainseg_cli.io.slices import read_lgg_patient
-
         if self.kind == "lgg":
             patient = read_lgg_patient(self._lgg[case])
             array = np.asarray(patient.image.array[channel])
@@ -419,8 +397,6 @@ class _ImageSource:
 
 def _lgg_mask_stack(folder: Path, case: str, slice_numbers: Sequence[int], *, what: str) -> np.ndarray:
     """Stack ``folder/<case>_<n>_mask.tif`` (0/255) for the image's slice numbers into ``(X, Y, Z)`` 0/1."""
-    from brainseg_cli.io import read_tiff
-
     planes = []
     for n in slice_numbers:
         path = folder / f"{case}_{n}_mask.tif"
@@ -450,8 +426,6 @@ def read_label_map(*, source: LabelSource, shown: CaseImage, what: str) -> np.nd
             mask slices for an image that is not a slice stack.
         GeometryError: the label map's grid differs from the image's.
     """
-    from brainseg_cli.metrics.sources import read_volume_labels
-
     case = shown.case
     if case not in source.cases:
         return None
@@ -502,8 +476,6 @@ def iter_overlays(*, inputs: OverlayInputs, progress: Progress | None = None) ->
     Raises:
         InputError, GeometryError, ConfigError: see :class:`OverlayInputs` and :func:`read_label_map`.
     """
-    from brainseg_cli.metrics.sources import open_source
-
     source = _ImageSource(Path(inputs.images))
     channel, channel_name = source.channel_index(inputs.channel)
     pred_source = open_source(Path(inputs.pred), role="prediction")
@@ -563,8 +535,6 @@ def write_overlays(*, config: OverlayConfig, progress: Progress | None = None) -
     Returns:
         The written PNG paths, in case order.
     """
-    from brainseg_cli.io import atomic_write
-
     out_dir = Path(config.output_dir)
     written = []
     for item in iter_overlays(inputs=config.inputs, progress=progress):

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from brainseg_cli.errors import InputError
+from brainseg_cli.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -278,8 +279,6 @@ def write_metric_plots(*, results_json: Path, out_dir: Path) -> list[Path]:
 
 def write_pngs(figures: dict[str, bytes], out_dir: str | Path) -> list[Path]:
     """Write ``{file name: PNG bytes}`` into ``out_dir``, each file atomically; return the paths."""
-    from brainseg_cli.io import atomic_write
-
     written = []
     for name, png in figures.items():
         path = Path(out_dir) / name

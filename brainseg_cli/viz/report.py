@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from brainseg_cli import __version__
+from brainseg_cli.io import atomic_write
+from brainseg_cli.viz.curves import curve_figures, read_training_log
 from brainseg_cli.viz.overlays import OverlayInputs, Progress, iter_overlays
+from brainseg_cli.viz.plots import load_results, metric_figures
 from brainseg_cli.viz.render import encode_png
 
 logger = logging.getLogger(__name__)
@@ -298,10 +301,6 @@ def write_report(*, config: ReportConfig, progress: Progress | None = None) -> P
             :func:`~brainseg_cli.viz.overlays.iter_overlays`, :func:`~brainseg_cli.viz.plots.load_results`,
             :func:`~brainseg_cli.viz.curves.read_training_log`).
     """
-    from brainseg_cli.io import atomic_write
-    from brainseg_cli.viz.curves import curve_figures, read_training_log
-    from brainseg_cli.viz.plots import load_results, metric_figures
-
     inputs = config.inputs
     # read the small inputs first, so a bad results file or run folder fails before rendering
     results = None if config.results is None else load_results(config.results)

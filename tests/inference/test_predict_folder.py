@@ -152,7 +152,7 @@ def test_cases_are_read_one_ahead_in_a_background_thread(tmp_path, fitted_checkp
         prepared_in_main.append(threading.current_thread() is threading.main_thread())
         return real_prepare(self, image, case=case)
 
-    monkeypatch.setattr(inputs, "load_case", load)
+    monkeypatch.setattr(predict, "load_case", load)
     monkeypatch.setattr(predict, "predict_case", predict_one)
     monkeypatch.setattr(Predictor, "prepare", prepare)
     (tmp_path / "out").mkdir()

@@ -19,9 +19,11 @@ from typing import Any
 
 from brainseg_cli.data.labelmaps import LabelMap
 from brainseg_cli.errors import ConfigError, InputError
+from brainseg_cli.io import read_image
+from brainseg_cli.io.names import CONVERTER_ENDINGS
 
 #: Image file endings the converters recognise (lower case).
-IMAGE_ENDINGS: tuple[str, ...] = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
+IMAGE_ENDINGS: tuple[str, ...] = CONVERTER_ENDINGS
 
 # Suffixes that browsers and archive tools add to downloaded file names: "x_flair (1).nii.gz",
 # "x_t1ce.nii(1).gz", "x_t2 - Copy.nii.gz", "x_seg copy.nii.gz".
@@ -145,7 +147,8 @@ def clean_file_name(name: str) -> str:
 
 
 def split_image_name(name: str) -> tuple[str, str] | None:
-    """Split a (cleaned) file name into ``(stem, ending)`` for image endings; ``None`` otherwise."""
+    """Split a (cleaned) file name into ``(stem, ending)`` for image endings (the ending in lower case);
+    ``None`` otherwise."""
     lower = name.lower()
     for ending in IMAGE_ENDINGS:
         if lower.endswith(ending) and len(name) > len(ending):
@@ -197,8 +200,6 @@ def load_channel_files(channel_files: tuple[tuple[str, Path], ...], label_file: 
     Raises:
         InputError: a file is unreadable, or is not a single-channel 3-D image (names the file).
     """
-    from brainseg_cli.io import read_image
-
     channels = {}
     for name, path in channel_files:
         channels[name] = _read_3d(path, read_image)

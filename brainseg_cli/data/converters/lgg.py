@@ -18,6 +18,7 @@ import numpy as np
 
 from brainseg_cli.data.converters.base import LoadedCase, SourceCase, SourceDataset, SourceOptions, check_case_id
 from brainseg_cli.data.labelmaps import LABEL_MAPS
+from brainseg_cli.io.slices import LGG_CHANNELS, list_lgg_patients, read_lgg_patient
 
 #: Spacing (mm, X Y Z) used when ``--spacing`` is not given.
 DEFAULT_SPACING: tuple[float, float, float] = (1.0, 1.0, 1.0)
@@ -26,8 +27,6 @@ CHANNELS: tuple[str, ...] = ("T1", "T1c", "FLAIR")
 
 def load_patient(folder: Path, spacing: tuple[float, float, float]) -> LoadedCase:
     """Read one patient: channels by canonical name, mask as source values 0 / 255."""
-    from brainseg_cli.io.slices import LGG_CHANNELS, read_lgg_patient
-
     patient = read_lgg_patient(folder, spacing=spacing)
     channels = {name: patient.image.channel(i) for i, name in enumerate(LGG_CHANNELS)}
     label = None
@@ -38,8 +37,6 @@ def load_patient(folder: Path, spacing: tuple[float, float, float]) -> LoadedCas
 
 def discover(input_dir: Path, options: SourceOptions) -> SourceDataset:
     """List the patient folders of a ``kaggle_3m`` folder (or one patient folder)."""
-    from brainseg_cli.io.slices import list_lgg_patients
-
     spacing = options.spacing or DEFAULT_SPACING
     cases = []
     for folder in list_lgg_patients(input_dir):

@@ -21,6 +21,7 @@ from brainseg_cli.data.channels import CANONICAL_CHANNELS, find_canonical_channe
 from brainseg_cli.data.converters.base import LoadedCase, SourceCase, SourceDataset, SourceOptions, check_case_id, is_hidden
 from brainseg_cli.data.labelmaps import LABEL_MAPS, LabelMap
 from brainseg_cli.errors import InputError
+from brainseg_cli.io import read_image
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +84,6 @@ def load_4d(image_file: Path, channel_index: tuple[tuple[str, int], ...], label_
     Raises:
         InputError: the image's channel count differs from ``dataset.json``'s modalities.
     """
-    from brainseg_cli.io import read_image
-
     image = read_image(image_file)
     n = image.num_channels
     if n != len(channel_index) or image.spatial_dims != 3:

@@ -20,7 +20,7 @@ import re
 from functools import partial
 from pathlib import Path
 
-from brainseg_cli.data.channels import order_channels
+from brainseg_cli.data.channels import canonical_channel, order_channels
 from brainseg_cli.data.converters.base import SourceCase, SourceDataset, SourceOptions, check_case_id, is_hidden, load_channel_files
 from brainseg_cli.data.labelmaps import parse_label_map
 from brainseg_cli.errors import ConfigError, InputError
@@ -105,7 +105,6 @@ def discover(input_dir: Path, options: SourceOptions) -> SourceDataset:
         raise ConfigError("--label-map needs --label GLOB (the label files it applies to)")
     given = [name for name, _ in options.channel_patterns]
     channels = order_channels(given, error=ConfigError)
-    from brainseg_cli.data.channels import canonical_channel
 
     patterns = {canonical_channel(name, error=ConfigError): pattern for name, pattern in options.channel_patterns}
     matches: dict[str, dict[str, list[Path]]] = {}
