@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from brainseg_cli.cli.common import jsonable
 from brainseg_cli.cli.main import app
 from brainseg_cli.data.layout import load_dataset
 from brainseg_cli.data.phantom import write_phantom_brats, write_phantom_dataset
@@ -235,6 +237,10 @@ def test_demo_is_deterministic_for_a_seed(tmp_path):
     metrics = (tmp_path / "a" / "runs" / "finetune" / "metrics.csv").read_text().strip().splitlines()
     assert len(metrics) == 2  # header + one epoch (finetune_epochs=1)
     assert len(first.tissue.cases) == len(first.tumour.cases) == 1
+    doc = jsonable(first)  # what demo --json prints as its result
+    json.dumps(doc, allow_nan=False)
+    assert doc["tumour"]["dice"] == {k: (None if math.isnan(v) else v) for k, v in first.tumour.dice.items()}
+    assert doc["report"] == str(first.report) and set(doc["stage_seconds"]) == set(first.stage_seconds)
 
 
 @pytest.mark.slow

@@ -10,12 +10,24 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from enum import Enum
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 T = TypeVar("T")
 
@@ -71,13 +83,22 @@ def show_progress() -> bool:
     return not OPTIONS.quiet and stderr_console.is_terminal
 
 
-def make_progress():
-    """A Rich progress bar on stderr (disabled under ``--quiet`` or when not a terminal)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+class RateColumn(ProgressColumn):
+    """Items (steps, cases) per second, over the progress bar's speed window."""
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:.2f}/s" if task.speed else "", style="progress.data.speed")
+
+
+def make_progress() -> Progress:
+    """A Rich progress bar on stderr (disabled under ``--quiet`` or when not a terminal).
+
+    Columns: the description, the bar, done/total, the rate (items per second over the last
+    half minute), the time elapsed and the time remaining.
+    """
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=stderr_console,
-                    disable=not show_progress(), transient=False)
+                    disable=not show_progress(), transient=False, speed_estimate_period=30.0)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -129,3 +150,60 @@ def is_debug() -> bool:
 def echo(message: str) -> None:
     """Print a plain line on stdout (results a script may read)."""
     sys.stdout.write(message + "\n")
+
+
+JsonOption = Annotated[bool, typer.Option(
+    "--json", help="Print one JSON document on stdout describing what was done (docs/DEFINITIONS.md §8) instead of "
+                   "the table; progress and logs stay on stderr.")]
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as JSON data: dataclasses as dicts, paths as strings, tuples as lists, NumPy scalars as numbers,
+    non-finite floats as None (the ``repr=False`` fields of a dataclass, such as per-step losses, are left out)."""
+    import dataclasses
+    import math
+    from pathlib import PurePath
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value) if f.repr}
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, PurePath):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:  # NumPy / torch scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def emit_json(command: str, *, inputs: Mapping[str, Any], result: Any, seconds: float | None = None) -> None:
+    """Print the ``--json`` document of a command on stdout (docs/DEFINITIONS.md §8).
+
+    Keys: ``command``, ``tool_version``, ``inputs`` (what the command was given), ``result`` (what it
+    did: its summary), ``seconds`` (wall time, when the command measured it).
+    """
+    import json
+
+    from brainseg_cli import __version__
+
+    document = {"command": command, "tool_version": __version__, "inputs": jsonable(inputs),
+                "result": jsonable(result)}
+    if seconds is not None:
+        document["seconds"] = round(float(seconds), 3)
+    echo(json.dumps(document, indent=2, allow_nan=False))
+
+
+def choice_enum(name: str, values: tuple[str, ...], doc: str) -> type[Enum]:
+    """A ``str`` Enum whose values are ``values`` (from :mod:`brainseg_cli.choices`): typer's option choices.
+
+    Member names are the values with ``-`` as ``_`` (``"dice-ce"`` -> ``dice_ce``; ``"2d"`` -> ``_2d``).
+    """
+    members = {("_" + v if v[0].isdigit() else v).replace("-", "_"): v for v in values}
+    enum = Enum(name, members, type=str)  # type: ignore[misc]
+    enum.__doc__ = doc
+    return enum

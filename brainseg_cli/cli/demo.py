@@ -28,6 +28,7 @@ def demo(
         "--data", exists=True, file_okay=False, dir_okay=True, metavar="BRATS_DIR",
         help="A real BraTS folder as the tumour source set instead of phantoms (trained at 4 mm; "
              "held-out real cases are evaluated). The tissue part still uses phantoms.")] = None,
+    as_json: common.JsonOption = False,
 ) -> None:
     from brainseg_cli.demo import DemoConfig, check_data_folder, run_demo
 
@@ -42,6 +43,9 @@ def demo(
             bar.update(task, description=description, completed=done, total=total)
 
         summary = common.run(run_demo, config=config, progress=progress)
+    if as_json:
+        common.emit_json("demo", inputs=config, result=summary, seconds=summary.seconds)
+        return
     _print_summary(summary)
 
 

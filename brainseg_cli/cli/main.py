@@ -19,7 +19,8 @@ from brainseg_cli import __version__
 from brainseg_cli.cli import common
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS: tuple[str, ...] = ("convert", "pretrain", "finetune", "predict", "export", "evaluate", "visualize", "demo")
+COMMANDS: tuple[str, ...] = ("convert", "pretrain", "finetune", "predict", "export", "models", "evaluate", "visualize",
+                             "demo")
 
 # The parser's exception classes, found through the public BadParameter (typer vendors click in newer
 # releases and uses click itself in older ones).

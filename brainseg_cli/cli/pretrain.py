@@ -65,6 +65,8 @@ def pretrain(
     workers: opts.Workers = None,
     nproc: opts.Nproc = None,
     options_file: opts.OptionsFile = None,
+    bundle: opts.BundleOption = None,
+    as_json: common.JsonOption = False,
 ) -> None:
     from brainseg_cli.training.pretrain import pretrain as pretrain_fn
 
@@ -82,8 +84,10 @@ def pretrain(
     }
     train_config, plan_overrides = opts.resolve_cli_options(options_file=options_file, cli_options=cli_options)
     result = opts.run_training(pretrain_fn, dataset_dir=dataset, run_dir=output, train_config=train_config,
-                               plan_overrides=plan_overrides)
-    opts.print_train_summary(result)
+                               plan_overrides=plan_overrides, bundle=bundle)
+    opts.print_train_summary(result, command="pretrain" if as_json else None,
+                             inputs={"dataset": dataset, "run_dir": output, "train_config": train_config,
+                                     "plan_overrides": plan_overrides})
 
 
 def register(app: typer.Typer) -> None:

@@ -77,6 +77,7 @@ def overlays(
     channel: ChannelOption = None,
     views: ViewsOption = None,
     slices: SlicesOption = 3,
+    as_json: common.JsonOption = False,
 ) -> None:
     """One PNG per case: reference (green) and prediction (red) contours on the slices with the most foreground."""
     from brainseg_cli.viz.overlays import OverlayConfig, write_overlays
@@ -84,6 +85,9 @@ def overlays(
     config = OverlayConfig(inputs=_inputs(images, pred, ref, channel, views, slices), output_dir=output)
     with _progress() as progress:
         written = common.run(write_overlays, config=config, progress=progress)
+    if as_json:
+        common.emit_json("visualize overlays", inputs=config, result={"written": written})
+        return
     common.echo(f"wrote {len(written)} overlay(s) to {output}")
 
 
@@ -91,11 +95,15 @@ def overlays(
 def metrics(
     results: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="results.json of brainseg evaluate.")],
     output: Annotated[Path, typer.Option("--output", "-o", file_okay=False, help="Folder for the plots.")],
+    as_json: common.JsonOption = False,
 ) -> None:
     """Per-case Dice bar charts (sorted, mean and median), Dice box plots and the HD95 distribution."""
     from brainseg_cli.viz.plots import write_metric_plots
 
     written = common.run(write_metric_plots, results_json=results, out_dir=output)
+    if as_json:
+        common.emit_json("visualize metrics", inputs={"results": results, "output": output}, result={"written": written})
+        return
     common.echo(f"wrote {', '.join(p.name for p in written)} to {output}")
 
 
@@ -103,11 +111,15 @@ def metrics(
 def curves(
     run_dir: Annotated[Path, typer.Argument(exists=True, help="Training run folder (holding metrics.csv).")],
     output: Annotated[Path, typer.Option("--output", "-o", file_okay=False, help="Folder for the plots.")],
+    as_json: common.JsonOption = False,
 ) -> None:
     """Training and validation loss, validation Dice per label, and the learning rate, per epoch."""
     from brainseg_cli.viz.curves import write_curves
 
     written = common.run(write_curves, run_dir=run_dir, out_dir=output)
+    if as_json:
+        common.emit_json("visualize curves", inputs={"run_dir": run_dir, "output": output}, result={"written": written})
+        return
     common.echo(f"wrote {', '.join(p.name for p in written)} to {output}")
 
 
@@ -125,6 +137,7 @@ def report(
     channel: ChannelOption = None,
     views: ViewsOption = None,
     slices: SlicesOption = 3,
+    as_json: common.JsonOption = False,
 ) -> None:
     """One self-contained HTML file (opens offline): overlays, sortable metrics table, distributions, curves."""
     from brainseg_cli.viz.report import ReportConfig, write_report
@@ -133,6 +146,9 @@ def report(
                           results=results, run_dir=run)
     with _progress() as progress:
         path = common.run(write_report, config=config, progress=progress)
+    if as_json:
+        common.emit_json("visualize report", inputs=config, result={"written": [path]})
+        return
     common.echo(f"wrote {path}")
 
 

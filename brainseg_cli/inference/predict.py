@@ -31,14 +31,21 @@ from typing import Any
 
 import numpy as np
 
-from brainseg_cli import __version__
+from brainseg_cli import __version__, choices
+from brainseg_cli.bundles import resolve_model
+from brainseg_cli.data.channels import canonical_channel
 from brainseg_cli.errors import ConfigError, InputError
-from brainseg_cli.io import atomic_write
+from brainseg_cli.inference.inputs import discover_cases, load_case
+from brainseg_cli.inference.postprocess import check_thresholds
+from brainseg_cli.inference.predictor import ENGINES, LCC_MODES, Predictor
+from brainseg_cli.io import atomic_dir, atomic_write, read_image, read_tiff, write_image
+from brainseg_cli.io.slices import write_lgg_masks
+from brainseg_cli.models.precision import PRECISIONS
 
 logger = logging.getLogger(__name__)
 
 #: ``labels`` choices: the checkpoint's label values, or the source dataset's convention.
-LABEL_MODES: tuple[str, ...] = ("model", "source")
+LABEL_MODES: tuple[str, ...] = choices.LABEL_MODES
 #: Name of the per-case volume table.
 PREDICTIONS_CSV = "predictions.csv"
 #: Name of the saved configuration.
@@ -94,10 +101,6 @@ class PredictConfig:
         Raises:
             ConfigError: an invalid value or combination (one line).
         """
-        from brainseg_cli.inference.postprocess import check_thresholds
-        from brainseg_cli.inference.predictor import ENGINES, LCC_MODES
-        from brainseg_cli.inference.sliding_window import PRECISIONS
-
         if not self.models:
             raise ConfigError("give at least one --model checkpoint")
         if self.lcc not in LCC_MODES:
@@ -139,7 +142,6 @@ class PredictSummary:
 def _canonical_order(names: Sequence[str] | None) -> tuple[str, ...] | None:
     if names is None:
         return None
-    from brainseg_cli.data.channels import canonical_channel
 
     out = tuple(canonical_channel(n, error=ConfigError) for n in names)
     if len(set(out)) != len(out):
@@ -202,8 +204,6 @@ def _read_previous_csv(path: Path) -> dict[str, dict[str, float]]:
 
 def _volumes_from_output(case, main: Path, predictor, labels_mode: str, columns) -> dict[str, float]:
     """Volumes of a skipped case, read back from its label map."""
-    from brainseg_cli.io import read_image, read_tiff
-
     if case.layout == "lgg":  # 0/255 masks at 1 mm: the volume of the foreground, for a one-label model
         if len(columns) != 1:
             return {}
@@ -304,8 +304,6 @@ class _Prefetcher:
         self._ahead: dict[int, Any] = {}
 
     def _load(self, case):
-        from brainseg_cli.inference.inputs import load_case
-
         loaded = load_case(case, channels=self._predictor.channels, channel_order=self._channel_order)
         return loaded, self._predictor.prepare(loaded.image, case=case.case)
 
@@ -340,9 +338,6 @@ def predict_case(case, loaded, prepared, *, predictor, config: PredictConfig, ou
     Raises:
         InputError: the case cannot be predicted (names the case).
     """
-    from brainseg_cli.io import atomic_dir, write_image
-    from brainseg_cli.io.slices import write_lgg_masks
-
     probs = predictor.predict_prepared(prepared)
     labels = predictor.labels_from_probabilities(probs, lcc=config.lcc)
     volumes = _volumes(labels, loaded.image.spacing, columns)
@@ -379,12 +374,10 @@ def predict_folder(
         InputError: no cases in the input; a case that cannot be read or predicted (unless
             ``skip_invalid``: then it is listed in the summary's ``failed``).
     """
-    from brainseg_cli.inference.inputs import discover_cases
-    from brainseg_cli.inference.predictor import Predictor
-
     start = time.perf_counter()
     config.validate()
-    config = PredictConfig(**{**asdict(config), "channel_order": _canonical_order(config.channel_order)})
+    config = PredictConfig(**{**asdict(config), "channel_order": _canonical_order(config.channel_order),
+                              "models": tuple(resolve_model(m) for m in config.models)})
     src, out = _check_paths(config)
     cases = discover_cases(src)
     predictor = Predictor.from_checkpoints(config.models, device=config.device, precision=config.precision,
