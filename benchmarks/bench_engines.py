@@ -20,7 +20,7 @@ Target (issue #21): the best export engine >= 1.5x faster than torch eager fp32,
 >= 99.9 % of the voxels and Dice >= 0.999 per label.
 
     python benchmarks/bench_engines.py [--case Brats18_TCIA13_623_1] [--repeats 3] [--threads N]
-        [--checkpoint-2d best.pt] [--checkpoint-3d best.pt] [--train-steps 40] [-o results.json]
+        [--checkpoint-2d best.pt] [--checkpoint-3d best.pt] [--train-steps 40] [--window-batch N] [-o results.json]
 """
 
 from __future__ import annotations
@@ -74,8 +74,10 @@ def cpu_seconds() -> float:
     return t.user + t.system
 
 
-def time_engine(checkpoint: Path, image, case: str, *, engine: str, precision: str, repeats: int):
-    predictor = Predictor.from_checkpoints([checkpoint], device="cpu", engine=engine, precision=precision)
+def time_engine(checkpoint: Path, image, case: str, *, engine: str, precision: str, repeats: int,
+                window_batch: int | None = None):
+    options = {} if window_batch is None else {"batch_size": window_batch}
+    predictor = Predictor.from_checkpoints([checkpoint], device="cpu", engine=engine, precision=precision, **options)
     prepared = predictor.prepare(image, case=case)
     predictor.predict_prepared(prepared)  # warm-up (ONNX Runtime plans its kernels on the first call)
     best_wall, best_cpu = float("inf"), float("inf")
@@ -105,6 +107,8 @@ def main() -> None:
     parser.add_argument("--checkpoint-2d", type=Path, default=None)
     parser.add_argument("--checkpoint-3d", type=Path, default=None)
     parser.add_argument("--train-steps", type=int, default=40, help="steps of the brief training (no checkpoint given)")
+    parser.add_argument("--window-batch", type=int, default=None, metavar="N",
+                        help="windows per network call for every engine (predict --batch-size; default: predict's)")
     parser.add_argument("-o", "--output", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args()
     if args.threads:
@@ -130,7 +134,7 @@ def main() -> None:
                 if engine == "openvino" and importlib.util.find_spec("openvino") is None:
                     continue
                 wall, cpu, labels = time_engine(checkpoint, image, args.case, engine=engine, precision=precision,
-                                                repeats=args.repeats)
+                                                repeats=args.repeats, window_batch=args.window_batch)
                 row = {"network": name, "engine": engine_name, "seconds": wall, "cpu_seconds": cpu}
                 if reference is None:
                     reference, base = labels, wall
@@ -149,6 +153,7 @@ def main() -> None:
               f"{'' if a is None or not a['dice'] else format(min(a['dice'].values()), '.4f')} |")
     if args.output:
         args.output.write_text(json.dumps({"case": args.case, "threads": torch.get_num_threads(),
+                                           "window_batch": args.window_batch,
                                            "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor()},
                                            "torch": torch.__version__, "rows": rows}, indent=2) + "\n")
 
