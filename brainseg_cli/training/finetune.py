@@ -51,6 +51,16 @@ from brainseg_cli.errors import ConfigError, did_you_mean
 from brainseg_cli.io.atomic import atomic_write
 from brainseg_cli.models import build_model
 from brainseg_cli.training.config import TrainConfig
+from brainseg_cli.training.freeze import (
+    FreezeSpec,
+    apply_freeze,
+    frozen_stages,
+    keep_frozen_norms_in_eval,
+    param_groups,
+    parse_freeze,
+    stage_table,
+    unfreeze,
+)
 from brainseg_cli.training.optim import resolved_optimizer_settings
 from brainseg_cli.training.process import (
     launch_or_run,
@@ -71,16 +81,8 @@ from brainseg_cli.training.target_plan import (
     spatial_dims,
 )
 from brainseg_cli.training.transfer import (
-    FreezeSpec,
-    apply_freeze,
     channel_key,
-    frozen_stages,
-    keep_frozen_norms_in_eval,
-    param_groups,
-    parse_freeze,
-    stage_table,
     transfer_weights,
-    unfreeze,
 )
 
 logger = logging.getLogger(__name__)

@@ -8,17 +8,19 @@ from torch import nn
 
 from brainseg_cli.errors import CheckpointError, ConfigError
 from brainseg_cli.models import build_model, stage_of
-from brainseg_cli.training.transfer import (
+from brainseg_cli.training.freeze import (
     FreezeSpec,
-    adapt_input_channels,
-    adapt_output_head,
     apply_freeze,
     keep_frozen_norms_in_eval,
     param_groups,
     parse_freeze,
     stage_table,
-    transfer_weights,
     unfreeze,
+)
+from brainseg_cli.training.transfer import (
+    adapt_input_channels,
+    adapt_output_head,
+    transfer_weights,
 )
 
 SMALL: dict[tuple[str, int], dict] = {
