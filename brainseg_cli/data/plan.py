@@ -71,6 +71,7 @@ from brainseg_cli.data.plan_schema import (
     as_plan,
     is_int,
     is_positive_number,
+    json_data,
     plan_data,
 )
 from brainseg_cli.data.preprocessing import NORMALIZATION_SCHEMES, check_orientation, reorient_values
@@ -273,7 +274,7 @@ def _model_config(name: str, dims: int, patch: Sequence[int], spacing: Sequence[
 
 def _divisor(name: str, dims: int, in_ch: int, k: int, config: Mapping[str, Any]) -> tuple[int, ...]:
     """The network's size divisor (memoised on the config)."""
-    key = (name, dims, in_ch, k, json.dumps(_jsonable(config), sort_keys=True))
+    key = (name, dims, in_ch, k, json.dumps(json_data(config), sort_keys=True))
     if key not in _DIVISORS:
         _DIVISORS[key] = _compute_divisor(name, dims, in_ch, k, config)
     return _DIVISORS[key]
@@ -788,21 +789,11 @@ def make_plan(
         sampling=sampling,
         loss=LossSpec(batch_dice=batch_dice),
         model=ModelSpec(name=model_name, spatial_dims=dims, in_channels=in_channels, num_classes=num_outputs,
-                        config=_jsonable(cfg)),
+                        config=json_data(cfg)),
         budget=budget_record,
         fingerprint={k: v for k, v in fingerprint.items() if k != "cases"},
         decisions=decisions,
     )
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def preprocessing_key(plan: Plan | Mapping[str, Any]) -> dict[str, Any]:

@@ -117,7 +117,7 @@ class ModelSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "spatial_dims": self.spatial_dims, "in_channels": self.in_channels,
-                "num_classes": self.num_classes, "config": _plain(self.config)}
+                "num_classes": self.num_classes, "config": json_data(self.config)}
 
 
 @dataclass(frozen=True)
@@ -207,8 +207,8 @@ class Plan:
         }
         for key in ("budget", "fingerprint", "decisions", "transfer"):
             if getattr(self, key) is not None:
-                data[key] = _plain(getattr(self, key))
-        data.update(_plain(self.extra))
+                data[key] = json_data(getattr(self, key))
+        data.update(json_data(self.extra))
         return data
 
     def preprocessing_key(self) -> dict[str, Any]:
@@ -370,12 +370,12 @@ def check_plan_values(plan: Mapping[str, Any], *, what: str = "plan") -> None:
         raise bad("model", "{'name': str, 'config': {...}, ...}")
 
 
-def _plain(value: Any) -> Any:
+def json_data(value: Any) -> Any:
     """JSON data: mappings as dicts with string keys, sequences as lists, NumPy scalars as numbers."""
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): json_data(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [json_data(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     return value
@@ -383,9 +383,9 @@ def _plain(value: Any) -> Any:
 
 def plan_data(plan: Plan | Mapping[str, Any]) -> dict[str, Any]:
     """Plan JSON data from a :class:`Plan` or plan data (used where plans are stored: files, checkpoints)."""
-    return plan.to_dict() if isinstance(plan, Plan) else _plain(plan)
+    return plan.to_dict() if isinstance(plan, Plan) else json_data(plan)
 
 
 __all__ = ["CONFIGS", "LossSpec", "ModelSpec", "Normalization", "PLAN_VERSION", "PREDICTION_KEYS", "PREPROCESSING_KEYS",
-           "Plan", "REQUIRED_KEYS", "Resampling", "Sampling", "as_plan", "check_plan_values", "is_int",
+           "Plan", "REQUIRED_KEYS", "Resampling", "Sampling", "as_plan", "check_plan_values", "is_int", "json_data",
            "is_positive_number", "plan_data"]
