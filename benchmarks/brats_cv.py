@@ -59,6 +59,8 @@ SYSTEM_NAMES = {"brainseg": "brainseg", "monai": "MONAI 2-D U-Net"}
 BRAINSEG_OPTIONS: tuple[str, ...] = ()
 DEFAULT_FOLDS = 3
 RESULTS = HERE / "results" / "brats_cv.json"
+#: ``benchmarks/brats_ensemble.py``'s results, whose line the README block adds when the file exists.
+ENSEMBLE_RESULTS = HERE / "results" / "brats_ensemble.json"
 BEGIN = "<!-- brats_cv:begin -->"
 END = "<!-- brats_cv:end -->"
 
@@ -293,8 +295,21 @@ def case_table(record: dict) -> list[str]:
     return lines
 
 
-def readme_block(record: dict) -> str:
-    """What the README shows between the markers: the command, the conditions and the table."""
+def ensemble_line(ensemble: dict) -> str:
+    """The README line of ``benchmarks/brats_ensemble.py``'s results: the seed ensemble beside its members."""
+    def dice(mean: dict) -> str:
+        return " / ".join(fmt(mean[r]["dice"]) for r in REGIONS)
+
+    seeds = ensemble["protocol"]["seeds"]
+    alone = "; ".join(f"seed {s} alone {dice(ensemble['single'][str(s)]['mean'])}" for s in seeds)
+    return (f"Ensemble of seeds {' + '.join(map(str, seeds))} (each fold's models predicting its held-out cases "
+            f"together, `python benchmarks/brats_ensemble.py OUT -o ENS`): WT / TC / ET "
+            f"{dice(ensemble['ensemble']['mean'])}; {alone}.")
+
+
+def readme_block(record: dict, ensemble: dict | None = None) -> str:
+    """What the README shows between the markers: the command, the conditions, the table and (given
+    ``benchmarks/brats_ensemble.py``'s results) the seed ensemble's line."""
     p = record["protocol"]
     loads = [run["load_start"][0] for s in record["systems"].values() for e in s["by_seed"].values()
              for run in e["runs"] if run.get("load_start")]
@@ -316,10 +331,17 @@ def readme_block(record: dict) -> str:
     decisions = variant_lines(record)
     if decisions:
         lines += ["", *decisions]
+    if ensemble is not None:
+        lines += ["", ensemble_line(ensemble)]
     if p.get("label"):
         lines += ["", p["label"]]
     lines.append(END)
     return "\n".join(lines)
+
+
+def read_ensemble(path: Path = ENSEMBLE_RESULTS) -> dict | None:
+    """``benchmarks/brats_ensemble.py``'s results, or None when not written."""
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def write_readme(readme: Path, record: dict) -> bool:
@@ -328,7 +350,7 @@ def write_readme(readme: Path, record: dict) -> bool:
     start, stop = text.find(BEGIN), text.find(END)
     if start < 0 or stop < start:
         sys.exit(f"error: {readme} has no {BEGIN} ... {END} block")
-    new = text[:start] + readme_block(record) + text[stop + len(END):]
+    new = text[:start] + readme_block(record, read_ensemble()) + text[stop + len(END):]
     if new == text:
         return False
     readme.write_text(new)
