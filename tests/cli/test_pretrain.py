@@ -336,7 +336,7 @@ def _every_architecture_and_config() -> list[tuple[str, str, str]]:
     from brainseg_cli.models import MODEL_NAMES, model_info
 
     cases = [(name, f"{dims}d", "auto") for name in MODEL_NAMES for dims in model_info(name).dims]
-    return cases + [("unet", "2d", "bf16"), ("unet3d", "3d", "bf16")]
+    return cases + [("unet", "2d", "bf16")]
 
 
 @pytest.mark.slow
@@ -362,23 +362,3 @@ def test_every_architecture_trains_with_its_defaults_on_real_brats(real_brats, t
         assert used == ("bf16" if cpu_supports_bf16() and model_info(model).reduced_precision else "fp32")
     else:
         assert used == precision
-
-
-@pytest.mark.slow
-def test_unet3d_trains_alike_in_bf16_and_fp32_on_real_brats(real_brats, tmp_path):
-    """Issue #23: with batch-norm statistics in float32, bf16 autocast trains ``unet3d`` as fp32 does: over its
-    first 50 steps (10 epochs of 5, default plan, same seed, no augmentation) the epoch losses agree within 0.01
-    (measured on 6 cases: within 6e-5)."""
-    losses = {}
-    for precision in ("fp32", "bf16"):
-        run = tmp_path / precision
-        res = runner.invoke(app, [*ONE_THREAD, "pretrain", str(real_brats), "-o", str(run), "--model", "unet3d",
-                                  "--config", "3d", "--precision", precision, "--epochs", "10", "--iterations", "5",
-                                  "--val-every", "100", "--workers", "0", "--device", "cpu", "--val-cases", "1",
-                                  "--no-aug", "--seed", "1", "--deterministic"])
-        assert res.exit_code == 0, res.output
-        assert json.loads((run / "config.json").read_text())["runtime"]["precision"] == precision
-        losses[precision] = np.array([float(r["train_loss"]) for r in _rows(run)])
-    assert losses["fp32"].shape == (10,) and np.all(np.isfinite(losses["bf16"]))
-    np.testing.assert_allclose(losses["bf16"], losses["fp32"], atol=0.01)
-    assert losses["bf16"][-1] < losses["bf16"][0]

@@ -103,22 +103,18 @@ def test_auto_precision_on_cpu_is_bf16_only_where_native(monkeypatch, native):
 
 
 def test_auto_precision_is_fp32_for_an_architecture_that_diverges_in_bf16(monkeypatch):
-    """Issue #23: auto chooses a reduced precision only where the registry says the architecture trains in it;
-    an explicit bf16 is obeyed. Since batch-norm statistics are computed in fp32 every architecture does."""
-    import dataclasses
-
+    """Issue #23: unet3d's default plan diverges in bf16, so auto trains it in fp32; an explicit bf16 is obeyed."""
     import brainseg_cli.training.config as config_module
     from brainseg_cli.models import MODEL_NAMES, model_info
 
     monkeypatch.setattr(config_module, "cpu_supports_bf16", lambda: True)
-    assert all(model_info(n).reduced_precision for n in MODEL_NAMES)
-    for name in MODEL_NAMES:
-        assert resolve_runtime(TrainConfig(device="cpu", workers=0), model=name).precision == "bf16"
-    diverging = dataclasses.replace(model_info("unet3d"), reduced_precision=False)
-    monkeypatch.setattr(config_module, "model_info", lambda name: diverging)
     auto = resolve_runtime(TrainConfig(device="cpu", workers=0), model="unet3d")
     assert auto.precision == "fp32" and any("fp32 for unet3d, which diverges in bf16" in n for n in auto.notes)
     assert resolve_runtime(TrainConfig(device="cpu", workers=0, precision="bf16"), model="unet3d").precision == "bf16"
+    for name in MODEL_NAMES:
+        expected = "bf16" if model_info(name).reduced_precision else "fp32"
+        assert resolve_runtime(TrainConfig(device="cpu", workers=0), model=name).precision == expected
+    assert [n for n in MODEL_NAMES if not model_info(n).reduced_precision] == ["unet3d"]
 
 
 def test_auto_precision_on_cuda_is_fp16(monkeypatch):
