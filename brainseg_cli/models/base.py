@@ -90,7 +90,7 @@ class _Fp32Statistics:
 
     PyTorch's CPU autocast runs ``batch_norm`` in the input's dtype: in bf16 the batch mean and
     variance of a deep level (few voxels per channel, values far from zero) lose their precision,
-    the variance cancels to nothing and training diverges (``unet3d`` on real BraTS in bf16). This
+    the variance cancels to nothing and training can diverge (``unet3d`` on real BraTS in bf16). This
     computes the layer in float32 and returns the input's dtype; without autocast it is the PyTorch
     layer unchanged (same parameters, buffers and state-dict keys, so checkpoints load either way).
     """
