@@ -138,7 +138,7 @@ class _Server:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, *args) -> None:
-                pass
+                """No access log on stderr: the test reads the requests from ``outer.requests``."""
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 if self.path.split("?")[0] != "/tumour.bundle.zip":
