@@ -10,7 +10,8 @@ BraTS 2018 cases of ``../shared/data/brats2018_deepbrainseg`` (read in place, ne
    regions nest, bf16 where the CPU has it, a moving average of the weights with decay 0.995) for
    ``--max-time MINUTES``. ``--epochs`` is only an upper bound: with a time budget the poly
    learning-rate schedule follows the clock (it is re-aimed after every epoch at the steps the
-   budget still allows), validation every 2 epochs and after the last. ``--config``,
+   budget still allows), validation every 2 epochs and after the last (pretrain's default with a time
+   budget: a 2-D validation of one whole case costs about 10 training steps). ``--config``,
    ``--precision``, ``--slice-weighting``, ``--slice-context``, ``--aug-preset``, ``--loss``,
    ``--ema``, ``--batch-dice/--sample-dice`` and ``--options-file`` pass other values (only options given reach pretrain);
 3. ``brainseg predict`` the held-out dataset's ``imagesTr`` with ``best.pt`` (``--checkpoint best``,
@@ -80,10 +81,6 @@ REGIONS = ("WT", "TC", "ET")
 BASELINES = {"MONAI 2-D U-Net": (0.84, 0.76, 0.59), "MONAI 3-D U-Net": (0.81, 0.73, 0.57)}
 #: Optimiser steps per epoch (pretrain's default, passed explicitly).
 ITERATIONS = 50
-#: Validate every this many epochs (and after the last): a 2-D validation of one whole case costs
-#: about 10 training steps, and with the lr decaying to 0 at the budget's end the last epoch is the
-#: one that matters.
-VAL_EVERY = 2
 #: ``--epochs`` default: more than a CPU fits in the budget, so the clock ends the run.
 MAX_EPOCHS = 1000
 
@@ -407,7 +404,7 @@ def run_once(args: argparse.Namespace, seed: int, out: Path) -> dict[str, dict]:
                                  "--name", "brats18_heldout"], logs, steps)
 
     pretrain = ["pretrain", str(out / "brats18_train"), "-o", str(out / "run"), "--max-time", f"{args.minutes:g}",
-                "--val-cases", "1", "--device", "cpu", "--iterations", str(ITERATIONS), "--val-every", str(VAL_EVERY),
+                "--val-cases", "1", "--device", "cpu", "--iterations", str(ITERATIONS),
                 "--epochs", str(args.epochs), "--seed", str(seed)]
     given = {"--config": args.config, "--precision": args.precision, "--aug-preset": args.aug_preset,
              "--loss": args.loss, "--slice-weighting": args.slice_weighting, "--slice-context": args.slice_context,

@@ -42,7 +42,8 @@ Regions = common.choice_enum("Regions", choices.REGION_CHOICES, "Region-based (s
 # ----------------------------------------------------------------------------- training options
 Epochs = Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs to train \\[default: 100].")]
 Iterations = Annotated[Optional[int], typer.Option("--iterations", min=1, help="Optimiser steps per epoch \\[default: 50].")]
-ValEvery = Annotated[Optional[int], typer.Option("--val-every", min=1, help="Validate every N epochs \\[default: 1].")]
+ValEvery = Annotated[Optional[int], typer.Option(
+    "--val-every", min=1, help="Validate every N epochs \\[default: 2 with --max-time, else 1].")]
 MaxTime = Annotated[Optional[float], typer.Option("--max-time", metavar="MIN", help="Wall-clock budget in minutes.")]
 Patience = Annotated[Optional[int], typer.Option("--patience", min=1,
                                                  help="Stop after N epochs without a better validation Dice.")]

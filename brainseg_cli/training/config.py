@@ -59,7 +59,7 @@ PLAN_OVERRIDE_KEYS: tuple[str, ...] = _plan_override_keys()
 #: TrainConfig fields that may differ between a run and its ``--resume`` (they do not change what
 #: is computed, only how long and where).
 RESUME_MAY_CHANGE: frozenset[str] = frozenset(
-    {"max_time_min", "patience", "resume", "device", "workers", "nproc", "compile"}
+    {"max_time_min", "patience", "resume", "device", "workers", "nproc", "compile", "val_every"}
 )
 
 
@@ -78,8 +78,11 @@ class TrainConfig:
     """Number of epochs to train (each :attr:`iterations_per_epoch` steps)."""
     iterations_per_epoch: int = 50
     """Optimiser steps per epoch (nnU-Net: 250; 50 keeps CPU epochs short)."""
-    val_every: int = 1
-    """Validate every N epochs (and always after the last epoch)."""
+    val_every: int | None = None
+    """Validate every N epochs (and always after the last epoch); None: every 2 epochs with a time
+    budget (:attr:`max_time_min`: a validation costs budget that training steps could use; the
+    cross-validated 20-minute BraTS protocol measures this), else every epoch. See
+    :attr:`validation_every`."""
     max_time_min: float | None = None
     """Wall-clock budget in minutes for the whole run (time before a ``--resume`` included); the
     loop stops before an epoch that would not fit, estimated from the mean epoch duration."""
@@ -136,6 +139,13 @@ class TrainConfig:
     """Data-parallel processes on this machine (torch's elastic launcher); 1: no DDP unless the
     process was started by ``torchrun``."""
 
+    @property
+    def validation_every(self) -> int:
+        """Epochs between validations: :attr:`val_every`, or its default (2 with a time budget, else 1)."""
+        if self.val_every is not None:
+            return self.val_every
+        return 2 if self.max_time_min is not None else 1
+
     def __post_init__(self) -> None:
         if type(self.ema) in (int, float) and self.ema == 0:  # --ema 0: off, stored as None
             object.__setattr__(self, "ema", None)
@@ -177,7 +187,8 @@ def validate(config: TrainConfig) -> None:
     """
     _positive_int("epochs", config.epochs, maximum=MAX_COUNT)
     _positive_int("iterations_per_epoch", config.iterations_per_epoch, maximum=MAX_COUNT)
-    _positive_int("val_every", config.val_every, maximum=MAX_COUNT)
+    if config.val_every is not None:
+        _positive_int("val_every", config.val_every, maximum=MAX_COUNT)
     if config.max_time_min is not None and not (isinstance(config.max_time_min, (int, float))
                                                 and not isinstance(config.max_time_min, bool)
                                                 and 0 < config.max_time_min <= MAX_COUNT):

@@ -13,7 +13,7 @@ checkpoint payload (:mod:`brainseg_cli.checkpoint`) and the decisions at the end
 **Epochs and batches.** An epoch is :attr:`TrainConfig.iterations_per_epoch` optimiser steps; the
 batch of step ``t`` is a pure function of ``(seed, t)`` (see :mod:`brainseg_cli.training.batches`).
 
-**Validation** (every :attr:`TrainConfig.val_every` epochs and after the last) runs on rank 0 with
+**Validation** (every :attr:`TrainConfig.validation_every` epochs and after the last) runs on rank 0 with
 :func:`brainseg_cli.training.validation.validate`; the mean foreground Dice picks ``best.pt``.
 ``last.pt`` is written after every epoch with the optimiser, schedule and RNG states; resuming from
 it replays the remaining epochs exactly (bit-identical weights with ``--deterministic``).

@@ -371,7 +371,7 @@ class TrainingRun:
             out_of_time = cut or (config.max_time_min is not None
                                   and self.elapsed() + estimate > config.max_time_min * 60.0)
             is_last = epoch + 1 >= config.epochs or out_of_time
-            decision = {"out_of_time": out_of_time, "do_val": is_last or (epoch + 1) % config.val_every == 0}
+            decision = {"out_of_time": out_of_time, "do_val": is_last or (epoch + 1) % config.validation_every == 0}
         return D.broadcast_object(decision, self.ctx)
 
     def _validate(self, epoch: int, train_loss: float) -> tuple[ValidationResult | None, bool]:
@@ -448,7 +448,7 @@ class TrainingRun:
             if config.max_time_min is not None:
                 horizon = steps_left_in_budget(budget_seconds=config.max_time_min * 60.0, elapsed=state.elapsed,
                                                epoch_seconds=state.epoch_seconds,
-                                               iterations=config.iterations_per_epoch, val_every=config.val_every)
+                                               iterations=config.iterations_per_epoch, val_every=config.validation_every)
             if decision["out_of_time"] and epoch + 1 < config.epochs:
                 stop = "max_time"
             elif (config.patience is not None and decision["do_val"] and state.best_epoch >= 0

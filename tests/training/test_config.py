@@ -31,6 +31,18 @@ def test_defaults_and_docstrings():
         assert line.strip().startswith('"""'), name
 
 
+def test_validation_interval_defaults_to_two_epochs_with_a_time_budget():
+    """The 20-minute BraTS protocol validates every 2 epochs: that is the default of a time-budgeted run."""
+    assert TrainConfig().validation_every == 1
+    assert TrainConfig(max_time_min=20).validation_every == 2
+    assert TrainConfig(max_time_min=20, val_every=1).validation_every == 1
+    assert TrainConfig(val_every=3).validation_every == 3
+    with pytest.raises(ConfigError, match=r"val_every must be an integer >= 1, got 0"):
+        TrainConfig(val_every=0)
+    # when to validate changes no weight, so a resumed run may change it
+    assert config_differences(TrainConfig().to_dict(), TrainConfig(val_every=4)) == []
+
+
 @pytest.mark.parametrize(
     ("changes", "match"),
     [
