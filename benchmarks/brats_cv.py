@@ -307,9 +307,23 @@ def ensemble_line(ensemble: dict) -> str:
             f"{dice(ensemble['ensemble']['mean'])}; {alone}.")
 
 
+def ensemble_matches(record: dict, ensemble: dict) -> bool:
+    """Whether ``ensemble``'s members are the record's brainseg models: each member seed's held-out Dice
+    per case equals the record's for that seed (an ensemble of an earlier recipe's runs does not)."""
+    by_seed = record["systems"].get("brainseg", {}).get("by_seed", {})
+    for seed, single in ensemble.get("single", {}).items():
+        scores = by_seed.get(seed, {}).get("scores")
+        if scores is None or set(scores) != set(single["scores"]):
+            return False
+        if any(abs(scores[c][r]["dice"] - single["scores"][c][r]["dice"]) > 1e-9 for c in scores for r in REGIONS):
+            return False
+    return bool(ensemble.get("single"))
+
+
 def readme_block(record: dict, ensemble: dict | None = None) -> str:
     """What the README shows between the markers: the command, the conditions, the table and (given
-    ``benchmarks/brats_ensemble.py``'s results) the seed ensemble's line."""
+    ``benchmarks/brats_ensemble.py``'s results of the same models, :func:`ensemble_matches`) the seed
+    ensemble's line."""
     p = record["protocol"]
     loads = [run["load_start"][0] for s in record["systems"].values() for e in s["by_seed"].values()
              for run in e["runs"] if run.get("load_start")]
@@ -331,7 +345,7 @@ def readme_block(record: dict, ensemble: dict | None = None) -> str:
     decisions = variant_lines(record)
     if decisions:
         lines += ["", *decisions]
-    if ensemble is not None:
+    if ensemble is not None and ensemble_matches(record, ensemble):
         lines += ["", ensemble_line(ensemble)]
     if p.get("label"):
         lines += ["", p["label"]]

@@ -106,6 +106,16 @@ def test_seeds_are_averaged_with_their_range_and_variants_are_kept(tmp_path):
     assert "| 3000 / 2800 |" in lines[2]
     block = cv.readme_block(record)
     assert "seeds 0, 1" in block and "--seeds 0 1" in block
+    # an ensemble line appears only when its members are the table's models
+    singles = {seed: {"mean": {}, "scores": brainseg["by_seed"][seed]["scores"]} for seed in ("0", "1")}
+    ensemble = {"protocol": {"seeds": [0, 1]}, "single": singles,
+                "ensemble": {"mean": {r: {"dice": 0.7, "hd95": 1.0} for r in cv.REGIONS}}}
+    for seed in ("0", "1"):
+        singles[seed]["mean"] = {r: {"dice": 0.6, "hd95": 1.0} for r in cv.REGIONS}
+    assert cv.ensemble_matches(record, ensemble) and "Ensemble of seeds 0 + 1" in cv.readme_block(record, ensemble)
+    other = json.loads(json.dumps(ensemble))
+    other["single"]["1"]["scores"][case]["WT"]["dice"] += 0.1
+    assert not cv.ensemble_matches(record, other) and "Ensemble" not in cv.readme_block(record, other)
     assert "the final weights, with the decisions made for them): 0.840 / 0.590 / 0.590" in block
 
 
