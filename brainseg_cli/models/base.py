@@ -112,6 +112,36 @@ class BatchNorm3d(_Fp32Statistics, nn.BatchNorm3d):
     """``nn.BatchNorm3d`` with float32 statistics under autocast (:class:`_Fp32Statistics`)."""
 
 
+class SmallLevelFp32(nn.Sequential):
+    """``nn.Sequential`` that runs in float32 under autocast when its input is spatially small (issue #23).
+
+    At the deepest levels of a 3-D U-Net a batch-normalised convolution sees a few voxels per channel
+    (``2**3`` at the bottleneck of a ``16**3`` patch): rounding the convolution's output to bf16 leaves
+    its spread across the batch below the format's resolution, and the bf16 convolution backward at
+    these sizes returned NaN weight gradients. Such levels cost little (few voxels), so they run in
+    float32; larger inputs run under the caller's autocast. Outside autocast this is ``nn.Sequential``
+    (same children, same state-dict keys).
+
+    Args:
+        *modules: the layers, as for ``nn.Sequential``.
+        max_voxels: inputs with at most this many voxels per channel and sample run in float32
+            (0: never).
+    """
+
+    def __init__(self, *modules: nn.Module, max_voxels: int) -> None:
+        super().__init__(*modules)
+        self.max_voxels = int(max_voxels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``(B, C, *spatial)``; returns float32 when the level ran in float32, else autocast's dtype."""
+        device = x.device.type
+        if (device in ("cpu", "cuda") and torch.is_autocast_enabled(device)
+                and math.prod(x.shape[2:]) <= self.max_voxels):
+            with torch.autocast(device_type=device, enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
+
+
 def batch_norm_nd(spatial_dims: int) -> type[nn.Module]:
     """:class:`BatchNorm2d` or :class:`BatchNorm3d` (float32 statistics under autocast)."""
     return BatchNorm2d if spatial_dims == 2 else BatchNorm3d

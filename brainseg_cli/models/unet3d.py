@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from brainseg_cli.errors import ConfigError
-from brainseg_cli.models.base import BatchNorm3d, SegmentationModel, UpConcatBlock
+from brainseg_cli.models.base import BatchNorm3d, SegmentationModel, SmallLevelFp32, UpConcatBlock
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int) -> list[nn.Module]:
@@ -33,9 +33,15 @@ def _conv_bn_relu(in_ch: int, out_ch: int) -> list[nn.Module]:
     ]
 
 
+#: Levels whose input has at most this many voxels per channel run in float32 under autocast
+#: (:class:`~brainseg_cli.models.base.SmallLevelFp32`, issue #23): ``4**3``, the two deepest levels
+#: of the CPU plan's ``16**3`` patch.
+FP32_MAX_VOXELS = 4**3
+
+
 def _level(in_ch: int, mid: int, out_ch: int) -> nn.Sequential:
-    """Two Conv3x3x3 -> BN -> ReLU layers: ``in_ch -> mid -> out_ch``."""
-    return nn.Sequential(*_conv_bn_relu(in_ch, mid), *_conv_bn_relu(mid, out_ch))
+    """Two Conv3x3x3 -> BN -> ReLU layers: ``in_ch -> mid -> out_ch`` (float32 when spatially small)."""
+    return SmallLevelFp32(*_conv_bn_relu(in_ch, mid), *_conv_bn_relu(mid, out_ch), max_voxels=FP32_MAX_VOXELS)
 
 
 class UNet3dCicek(SegmentationModel):

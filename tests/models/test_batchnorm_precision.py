@@ -41,3 +41,35 @@ def test_batch_norm_models_use_the_fp32_variant(name, dims, width):
     model = build_model(name, spatial_dims=dims, in_channels=2, num_classes=2, **width)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     assert norms and all(isinstance(m, (BatchNorm2d, BatchNorm3d)) for m in norms)
+
+
+def test_small_levels_run_in_fp32_under_autocast():
+    """Issue #23: a level whose input has at most ``max_voxels`` voxels per channel runs in float32 under
+    autocast (exactly the fp32 result); larger inputs stay in the autocast dtype; the keys are nn.Sequential's."""
+    from brainseg_cli.models.base import SmallLevelFp32
+
+    torch.manual_seed(0)
+    layers = [nn.Conv3d(3, 4, 3, padding=1), BatchNorm3d(4, affine=False), nn.ReLU()]
+    level = SmallLevelFp32(*layers, max_voxels=8)
+    assert level.state_dict().keys() == nn.Sequential(*layers).state_dict().keys()
+    small, large = torch.randn(2, 3, 2, 2, 2), torch.randn(2, 3, 4, 4, 4)
+    reference = level(small)  # no autocast: plain nn.Sequential
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_small, out_large = level(small), level(large)
+    assert out_small.dtype == torch.float32 and out_large.dtype == torch.bfloat16
+    torch.testing.assert_close(out_small, reference, rtol=0, atol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert SmallLevelFp32(*layers, max_voxels=0)(small).dtype == torch.bfloat16  # 0: never
+
+
+def test_unet3d_runs_its_deepest_levels_in_fp32():
+    from brainseg_cli.models.base import SmallLevelFp32
+    from brainseg_cli.models.unet3d import FP32_MAX_VOXELS
+
+    model = build_model("unet3d", spatial_dims=3, in_channels=2, num_classes=2, base_filters=2)
+    levels = [*model.encoder, model.bottleneck, *(d.convs for d in model.decoder)]
+    assert all(isinstance(m, SmallLevelFp32) and m.max_voxels == FP32_MAX_VOXELS for m in levels)
+    x = torch.randn(2, 2, 16, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = model(x)
+    assert y.shape == (2, 2, 16, 16, 16) and torch.isfinite(y.float()).all()
