@@ -34,7 +34,7 @@ def test_epochs_help_shows_its_default(command):
 
 
 @pytest.mark.parametrize(("flag", "note"), [
-    ("--iterations", "[default: 50]"), ("--val-every", "[default: 1]"), ("--optimizer", "[default: sgd]"),
+    ("--iterations", "[default: 50]"), ("--val-every", "[default: 2 with --max-time, else 1]"), ("--optimizer", "[default: sgd]"),
     ("--grad-clip", "[default: 12]"), ("--ema", "[default: 0.995]"), ("--loss", "[default: dice-ce]"), ("--aug", "[default: on]"),
     ("--val-split", "[default: 0.2]"), ("--folds", "[default: 5]"), ("--precision", "[default: auto]"),
     ("--seed", "[default: 0]"), ("--device", "[default: auto]"),
