@@ -13,8 +13,11 @@ BraTS 2018 cases of ``../shared/data/brats2018_deepbrainseg`` (read in place) un
 
 all through :class:`brainseg_cli.inference.predictor.Predictor` (the same preprocessing, sliding
 window, Gaussian weighting and post-processing; the case is prepared once and only the network part,
-``predict_prepared``, is timed: best of ``--repeats``, wall clock and process CPU time). Agreement with
-torch fp32: the share of voxels with the same label and the Dice of every label present.
+``predict_prepared``, is timed: best of ``--repeats``, wall clock and process CPU time). Every engine
+runs the same windows, as many per network call as ``predict`` runs it with (its default,
+:data:`brainseg_cli.inference.engines.WINDOW_BATCH`: 8 on OpenVINO, else 2) unless ``--window-batch``
+sets one number for all. Agreement with torch fp32: the share of voxels with the same label and the
+Dice of every label present.
 
 Target (issue #21): the best export engine >= 1.5x faster than torch eager fp32, with labels equal on
 >= 99.9 % of the voxels and Dice >= 0.999 per label.
@@ -86,7 +89,7 @@ def time_engine(checkpoint: Path, image, case: str, *, engine: str, precision: s
         probs = predictor.predict_prepared(prepared)
         best_wall = min(best_wall, time.perf_counter() - wall)
         best_cpu = min(best_cpu, cpu_seconds() - cpu)
-    return best_wall, best_cpu, predictor.labels_from_probabilities(probs)
+    return best_wall, best_cpu, predictor.labels_from_probabilities(probs), predictor.batch_size
 
 
 def agreement(reference: np.ndarray, other: np.ndarray) -> dict:
@@ -133,9 +136,10 @@ def main() -> None:
             for engine_name, engine, precision in ENGINES:
                 if engine == "openvino" and importlib.util.find_spec("openvino") is None:
                     continue
-                wall, cpu, labels = time_engine(checkpoint, image, args.case, engine=engine, precision=precision,
+                wall, cpu, labels, window_batch = time_engine(checkpoint, image, args.case, engine=engine, precision=precision,
                                                 repeats=args.repeats, window_batch=args.window_batch)
-                row = {"network": name, "engine": engine_name, "seconds": wall, "cpu_seconds": cpu}
+                row = {"network": name, "engine": engine_name, "window_batch": window_batch, "seconds": wall,
+                       "cpu_seconds": cpu}
                 if reference is None:
                     reference, base = labels, wall
                 else:
@@ -144,11 +148,11 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print()
-    print("| network | engine | seconds | speed-up vs torch fp32 | equal voxels | min Dice per label |")
-    print("|---|---|---|---|---|---|")
+    print("| network | engine | windows per call | seconds | speed-up vs torch fp32 | equal voxels | min Dice per label |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         a = r.get("agreement")
-        print(f"| {r['network']} | {r['engine']} | {r['seconds']:.2f} | {r['speedup']:.2f}x | "
+        print(f"| {r['network']} | {r['engine']} | {r['window_batch']} | {r['seconds']:.2f} | {r['speedup']:.2f}x | "
               f"{'' if a is None else format(a['equal_voxels'] * 100, '.3f') + ' %'} | "
               f"{'' if a is None or not a['dice'] else format(min(a['dice'].values()), '.4f')} |")
     if args.output:

@@ -54,7 +54,8 @@ def predict(
     lcc: Annotated[Lcc, typer.Option("--lcc", help="Keep the largest connected component: auto = the checkpoint's "
                                                    "decision per label, on = of the whole foreground, off = never.")] = Lcc.auto,
     overlap: Annotated[float, typer.Option("--overlap", min=0.0, max=0.95, help="Sliding-window overlap.")] = 0.5,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Windows per network call.")] = 2,
+    batch_size: Annotated[Optional[int], typer.Option(
+        "--batch-size", min=1, help="Windows per network call \\[default: 8 on --engine openvino, else 2].")] = None,
     precision: Annotated[Precision, typer.Option("--precision", help="Network precision (bf16/fp16: autocast).")] = Precision.fp32,
     engine: Annotated[Engine, typer.Option("--engine", help="auto = each model file's own (.onnx exports on "
                                            "onnxruntime, checkpoints on torch); onnxruntime and openvino (CPU, "

@@ -70,8 +70,9 @@ class PredictConfig:
     """Keep-largest-component: ``auto`` (the checkpoint's decision), ``on`` (whole foreground), ``off``."""
     overlap: float = 0.5
     """Sliding-window overlap, in [0, 1)."""
-    batch_size: int = 2
-    """Windows per network call."""
+    batch_size: int | None = None
+    """Windows per network call; None: the engine's (8 on OpenVINO, else 2;
+    :data:`~brainseg_cli.inference.engines.WINDOW_BATCH`)."""
     precision: str = "fp32"
     """``fp32``, ``bf16`` or ``fp16`` (autocast for the network)."""
     save_probabilities: bool = False
@@ -113,7 +114,7 @@ class PredictConfig:
             raise ConfigError(f"invalid --precision '{self.precision}'; valid: {', '.join(PRECISIONS)}")
         if not (isinstance(self.overlap, (int, float)) and 0.0 <= self.overlap < 1.0):
             raise ConfigError(f"--overlap must be in [0, 1), got {self.overlap}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.region_threshold is not None:
             check_thresholds([self.region_threshold], count=1, what="--region-threshold")
@@ -262,6 +263,7 @@ def _write_config(out: Path, config: PredictConfig, predictor) -> None:
     data["channel_order"] = list(config.channel_order) if config.channel_order else None
     data["tool_version"] = __version__
     data["device"] = str(predictor.device)
+    data["batch_size"] = predictor.batch_size  # the engine's default when not given
     data["region_thresholds"] = predictor.thresholds()
     data["model_labels"] = dict(predictor.labels)  # the label scheme of the outputs (with labels = "model")
     data["largest_component_groups"] = predictor.largest_component_groups(config.lcc)

@@ -242,7 +242,7 @@ class Predictor:
         precision: str = "fp32",
         tta: bool = False,
         overlap: float = 0.5,
-        batch_size: int = 2,
+        batch_size: int | None = None,
         region_threshold: float | None = None,
     ) -> None:
         """Wrap loaded members (see :meth:`from_checkpoints` for the arguments)."""
@@ -252,6 +252,8 @@ class Predictor:
             raise ConfigError(f"unknown precision '{precision}'; valid: {', '.join(PRECISIONS)}")
         if not 0.0 <= overlap < 1.0:
             raise ConfigError(f"overlap must be in [0, 1), got {overlap}")
+        if batch_size is None:
+            batch_size = max(engines.WINDOW_BATCH[m.engine] for m in members)
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
         first = members[0]
@@ -288,7 +290,7 @@ class Predictor:
         precision: str = "fp32",
         tta: bool = False,
         overlap: float = 0.5,
-        batch_size: int = 2,
+        batch_size: int | None = None,
         region_threshold: float | None = None,
         engine: str = "auto",
     ) -> Predictor:
@@ -300,7 +302,8 @@ class Predictor:
             precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast for the network).
             tta: average over mirrored inputs.
             overlap: sliding-window overlap in [0, 1).
-            batch_size: windows per network call.
+            batch_size: windows per network call; None: the engines' (:data:`~brainseg_cli.inference.engines.WINDOW_BATCH`,
+                the largest over the members).
             region_threshold: one growing threshold in (0, 0.5] for every region of a region-based
                 model, overriding the checkpoints' ``region_thresholds``; None = theirs (see
                 :meth:`thresholds` and :meth:`labels_from_probabilities`).

@@ -78,8 +78,24 @@ def test_every_engine_predicts_the_checkpoints_labels(tiny, exports, model, engi
         other, other_probs = predictor.predict(image, case=case)
     assert predictor.members[0].engine == {"torchscript": "torch"}.get(model, "onnxruntime" if engine == "auto"
                                                                        else engine)
+    # without --batch-size each engine runs its own number of windows per call
+    assert predictor.batch_size == (8 if engine == "openvino" else 2)
     np.testing.assert_array_equal(other, labels)
     np.testing.assert_allclose(other_probs, probs, atol=1e-4)
+
+
+def test_openvino_streams_compute_what_one_stream_computes(exports):
+    """Issue #21: a window batch split over two OpenVINO streams gives the one-stream outputs, in order."""
+    pytest.importorskip("openvino")
+    from brainseg_cli.inference.engines import OpenVinoNetwork
+
+    one, two = (OpenVinoNetwork(exports["onnx"], threads=2, streams=s) for s in (1, 2))
+    assert (one.streams, two.streams) == (1, 2) and OpenVinoNetwork(exports["onnx"], threads=1, streams=2).streams == 1
+    x = torch.randn(3, 4, 16, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected, got = one(x), two(x)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(two(x[1:2]), expected[1:2], atol=1e-5, rtol=1e-5)
 
 
 def test_export_cli_writes_the_file_and_predict_records_the_engine(tiny, tmp_path):
@@ -94,6 +110,10 @@ def test_export_cli_writes_the_file_and_predict_records_the_engine(tiny, tmp_pat
         predict_folder(config=PredictConfig(models=(out,), input=dataset, output=tmp_path / "pred", device="cpu"))
     config = json.loads((tmp_path / "pred" / "predict_config.json").read_text())
     assert config["engine"] == "auto" and config["checkpoints"][0]["engine"] == "onnxruntime"
+    assert config["batch_size"] == 2  # the resolved default
+    predictor = Predictor.from_checkpoints([out], device="cpu", engine="openvino" if importlib.util.find_spec("openvino")
+                                           else "onnxruntime", batch_size=3)
+    assert predictor.batch_size == 3  # given: every engine uses it
 
 
 @pytest.mark.fault
