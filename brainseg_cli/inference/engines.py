@@ -38,8 +38,8 @@ from brainseg_cli.errors import CheckpointError, ConfigError
 #: Engines that run an ONNX graph.
 ONNX_ENGINES: tuple[str, ...] = ("onnxruntime", "openvino")
 #: Windows per network call when ``predict --batch-size`` is not given, by engine. OpenVINO's static-shape
-#: graphs run 8 windows per call faster than 2 (two streams, :class:`OpenVinoNetwork`); torch eager is not
-#: faster with 8 on the CPU (slower on the 3-D plan), so torch and ONNX Runtime keep 2 (``bench_engines.py``).
+#: graphs run 8 windows per call faster than 2; torch eager is not faster with 8 on the CPU (slower on the
+#: 3-D plan), so torch and ONNX Runtime keep 2 (``bench_engines.py``).
 WINDOW_BATCH: dict[str, int] = {"torch": 2, "onnxruntime": 2, "openvino": 8}
 #: ``brainseg export --format`` choices and the file ending each writes.
 EXPORT_FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".ts"}
@@ -204,8 +204,7 @@ class OpenVinoNetwork(nn.Module):
     """An ONNX graph compiled by OpenVINO for the CPU, behind the interface of a segmentation network.
 
     Compiled with ``INFERENCE_PRECISION_HINT f32`` (OpenVINO would otherwise run bf16 on CPUs that
-    have it, which changes labels as bf16 autocast does); with one stream a latency hint, with
-    several (:attr:`STREAMS`) a throughput hint, each window of a call its own request. The graph's axes are
+    have it, which changes labels as bf16 autocast does) and a latency hint. The graph's axes are
     dynamic; each input shape met (a sliding window meets one or two: the window batch and a smaller
     last batch) gets its own static-shape compilation, which OpenVINO runs faster than the dynamic
     one, kept for the network's lifetime. ``forward`` as :class:`OnnxRuntimeNetwork`.
@@ -215,18 +214,13 @@ class OpenVinoNetwork(nn.Module):
         device: ``cpu`` only.
         threads: inference threads (default: torch's thread count).
         source: named in error messages.
-        streams: concurrent inference streams (default :attr:`STREAMS`; at most ``threads``).
     """
 
     #: Static-shape compilations kept (more distinct shapes fall back to the dynamic compilation).
     MAX_SHAPES = 4
-    #: Default number of concurrent inference streams (at most the thread count): a call with several
-    #: windows runs them as one-window requests on this many streams. On the 2-core benchmark CPU two
-    #: streams were 2-6 % faster than one batched request, with identical outputs (``bench_engines.py``).
-    STREAMS = 2
 
     def __init__(self, model: bytes | Path, *, device: torch.device | str = "cpu", threads: int | None = None,
-                 source: str = "<onnx>", streams: int | None = None) -> None:
+                 source: str = "<onnx>") -> None:
         super().__init__()
         try:
             import openvino
@@ -236,18 +230,11 @@ class OpenVinoNetwork(nn.Module):
             raise ConfigError(f"{source}: the openvino engine runs on the CPU; use --device cpu or another engine")
         self.core = openvino.Core()
         self.model = model if isinstance(model, bytes) else str(model)
-        threads = int(threads or torch.get_num_threads())
-        self.streams = max(1, min(int(streams if streams is not None else self.STREAMS), threads))
-        self.config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
-        if self.streams > 1:
-            self.config.update({"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": self.streams})
-        else:
-            self.config["PERFORMANCE_HINT"] = "LATENCY"
-        self._async = openvino.AsyncInferQueue
+        self.config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+                       "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())}
         self.source = source
         self.dynamic = self._compile(None)
         self.by_shape: dict[tuple[int, ...], Any] = {}
-        self._queues: dict[int, Any] = {}
 
     def _compile(self, shape: tuple[int, ...] | None) -> Any:
         try:
@@ -268,27 +255,8 @@ class OpenVinoNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(x.detach().float().cpu().numpy())
-        if self.streams > 1 and array.shape[0] > 1:
-            return torch.from_numpy(self._run_streams(array)).to(x.device)
         compiled = self._compiled_for(tuple(array.shape))
         return torch.from_numpy(np.array(compiled({0: array})[compiled.output(0)])).to(x.device)
-
-    def _run_streams(self, array: np.ndarray) -> np.ndarray:
-        """The batch split into one-window requests run concurrently on :attr:`streams` streams."""
-        compiled = self._compiled_for((1, *array.shape[1:]))
-        queue = self._queues.get(id(compiled))
-        if queue is None:
-            queue = self._queues[id(compiled)] = self._async(compiled, self.streams)
-        out: list[np.ndarray | None] = [None] * array.shape[0]
-
-        def done(request: Any, index: int) -> None:
-            out[index] = np.array(request.get_output_tensor(0).data)
-
-        queue.set_callback(done)
-        for i in range(array.shape[0]):
-            queue.start_async({0: array[i:i + 1]}, i)
-        queue.wait_all()
-        return np.concatenate(out, axis=0)
 
 
 def onnx_network(engine: str, model: bytes | Path, *, device: torch.device | str, source: str) -> nn.Module:

@@ -84,20 +84,6 @@ def test_every_engine_predicts_the_checkpoints_labels(tiny, exports, model, engi
     np.testing.assert_allclose(other_probs, probs, atol=1e-4)
 
 
-def test_openvino_streams_compute_what_one_stream_computes(exports):
-    """Issue #21: a window batch split over two OpenVINO streams gives the one-stream outputs, in order."""
-    pytest.importorskip("openvino")
-    from brainseg_cli.inference.engines import OpenVinoNetwork
-
-    one, two = (OpenVinoNetwork(exports["onnx"], threads=2, streams=s) for s in (1, 2))
-    assert (one.streams, two.streams) == (1, 2) and OpenVinoNetwork(exports["onnx"], threads=1, streams=2).streams == 1
-    x = torch.randn(3, 4, 16, 16, 16, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        expected, got = one(x), two(x)
-        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(two(x[1:2]), expected[1:2], atol=1e-5, rtol=1e-5)
-
-
 def test_export_cli_writes_the_file_and_predict_records_the_engine(tiny, tmp_path):
     out = tmp_path / "exported" / "m.onnx"
     with one_thread():
