@@ -39,6 +39,7 @@ from brainseg_cli.inference.inputs import discover_cases, load_case
 from brainseg_cli.inference.postprocess import check_thresholds
 from brainseg_cli.inference.predictor import ENGINES, LCC_MODES, Predictor
 from brainseg_cli.io import atomic_dir, atomic_write, read_image, read_tiff, write_image
+from brainseg_cli.io.atomic import remove_stale_temporaries
 from brainseg_cli.io.slices import write_lgg_masks
 from brainseg_cli.models.precision import PRECISIONS
 
@@ -243,8 +244,12 @@ def _folder_lock(folder: Path) -> Iterator[None]:
 
 
 def _update_csv(path: Path, volumes: dict[str, dict[str, float]], columns) -> None:
-    """Merge this run's rows into the table as it is on disk now (other runs may have added theirs)."""
+    """Merge this run's rows into the table as it is on disk now (other runs may have added theirs).
+
+    Under the folder's lock no other run writes the table, so its temporaries there are a killed run's.
+    """
     with _folder_lock(path.parent):
+        remove_stale_temporaries(path)
         _write_csv(path, _read_previous_csv(path) | volumes, columns)
 
 

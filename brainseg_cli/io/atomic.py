@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,6 +30,20 @@ TMP_PREFIX = ".tmp-"
 def temporary_sibling(path: Path) -> Path:
     """Return an unused temporary path beside ``path`` that ends with ``path.name``."""
     return path.parent / f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{path.name}"
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporaries of ``path`` in its folder (``.tmp-<12 hex>-<name>``) and return them.
+
+    Only for a caller that knows no other writer of ``path`` is alive (it holds the lock every
+    writer takes): the temporaries are then left by a process killed while writing.
+    """
+    pattern = re.compile(rf"^{re.escape(TMP_PREFIX)}[0-9a-f]{{12}}-{re.escape(path.name)}$")
+    stale = [p for p in path.parent.iterdir() if pattern.match(p.name)] if path.parent.is_dir() else []
+    for p in stale:
+        logger.info("removing %s, left by an interrupted write of %s", p, path.name)
+        _remove(p)
+    return stale
 
 
 def _remove(path: Path) -> None:

@@ -92,8 +92,12 @@ def test_export_cli_writes_the_file_and_predict_records_the_engine(tiny, tmp_pat
     assert res.stdout.strip().splitlines()[-1] == str(out) and out.is_file()
     assert not [p for p in out.parent.iterdir() if p.name != "m.onnx"]  # no temporary file left
     dataset = tiny.parent.parent / "dataset"
+    stale = tmp_path / "pred" / ".tmp-0123456789ab-predictions.csv"  # a run killed while writing the table
+    stale.parent.mkdir()
+    stale.write_text("case,half")
     with one_thread():
         predict_folder(config=PredictConfig(models=(out,), input=dataset, output=tmp_path / "pred", device="cpu"))
+    assert not stale.exists() and (tmp_path / "pred" / "predictions.csv").is_file()
     config = json.loads((tmp_path / "pred" / "predict_config.json").read_text())
     assert config["engine"] == "auto" and config["checkpoints"][0]["engine"] == "onnxruntime"
     assert config["batch_size"] == 2  # the resolved default

@@ -148,3 +148,20 @@ def test_os_errors_while_writing_name_the_file(tmp_path, code, words) -> None:
         with atomic_write(target, verify=lambda p: (_ for _ in ()).throw(OSError(code, os.strerror(code)))) as tmp:
             tmp.write_text("whole")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_stale_temporaries_of_one_target_are_removed(tmp_path: Path) -> None:
+    """A process killed inside ``atomic_write`` leaves ``.tmp-<hex>-<name>``; only that target's are removed."""
+    from brainseg_cli.io.atomic import remove_stale_temporaries
+
+    target = tmp_path / "predictions.csv"
+    target.write_text("whole")
+    stale = tmp_path / ".tmp-0123456789ab-predictions.csv"
+    stale.write_text("half")
+    others = [tmp_path / ".tmp-0123456789ab-case.nii.gz", tmp_path / "predictions.csv.bak",
+              tmp_path / ".tmp-xyz-predictions.csv"]
+    for p in others:
+        p.write_text("x")
+    assert remove_stale_temporaries(target) == [stale]
+    assert not stale.exists() and all(p.exists() for p in [target, *others])
+    assert remove_stale_temporaries(tmp_path / "missing" / "predictions.csv") == []
