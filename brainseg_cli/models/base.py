@@ -117,9 +117,8 @@ class SmallLevelFp32(nn.Sequential):
 
     At the deepest levels of a 3-D U-Net a batch-normalised convolution sees a few voxels per channel
     (``2**3`` at the bottleneck of a ``16**3`` patch): rounding the convolution's output to bf16 leaves
-    its spread across the batch below the format's resolution, and the bf16 convolution backward at
-    these sizes returned NaN weight gradients. Such levels cost little (few voxels), so they run in
-    float32; larger inputs run under the caller's autocast. Outside autocast this is ``nn.Sequential``
+    its spread across the batch below the format's resolution. Such levels cost little (few voxels),
+    so they run in float32; larger inputs run under the caller's autocast. Outside autocast this is ``nn.Sequential``
     (same children, same state-dict keys).
 
     Args:

@@ -59,8 +59,15 @@ PLAN_OVERRIDE_KEYS: tuple[str, ...] = _plan_override_keys()
 #: TrainConfig fields that may differ between a run and its ``--resume`` (they do not change what
 #: is computed, only how long and where).
 RESUME_MAY_CHANGE: frozenset[str] = frozenset(
-    {"max_time_min", "patience", "resume", "device", "workers", "nproc", "compile", "val_every"}
+    {"max_time_min", "patience", "resume", "device", "workers", "nproc", "compile"}
 )
+
+
+def validation_interval(val_every: int | None, max_time_min: float | None) -> int:
+    """Epochs between validations: ``val_every``, or by default 2 with a time budget, else 1."""
+    if val_every is not None:
+        return int(val_every)
+    return 2 if max_time_min is not None else 1
 
 
 #: Default ``--ema`` decay: an average over about the last 200 optimiser steps.
@@ -141,10 +148,8 @@ class TrainConfig:
 
     @property
     def validation_every(self) -> int:
-        """Epochs between validations: :attr:`val_every`, or its default (2 with a time budget, else 1)."""
-        if self.val_every is not None:
-            return self.val_every
-        return 2 if self.max_time_min is not None else 1
+        """Epochs between validations: :attr:`val_every`, or its default (:func:`validation_interval`)."""
+        return validation_interval(self.val_every, self.max_time_min)
 
     def __post_init__(self) -> None:
         if type(self.ema) in (int, float) and self.ema == 0:  # --ema 0: off, stored as None
@@ -338,6 +343,9 @@ def resolve_options(
 def config_differences(saved: Mapping[str, Any], current: TrainConfig) -> list[str]:
     """Fields (outside :data:`RESUME_MAY_CHANGE`) whose value differs from a saved config.
 
+    ``val_every`` is compared as the interval it means (:func:`validation_interval`), so a run saved
+    with an explicit 1 and resumed without ``--val-every`` (default 1 without a time budget) matches.
+
     Returns:
         ``["lr: 0.01 (run) vs 0.1 (now)", ...]``; empty when the run can be resumed.
     """
@@ -345,6 +353,11 @@ def config_differences(saved: Mapping[str, Any], current: TrainConfig) -> list[s
     out = []
     for name in train_config_fields():
         if name in RESUME_MAY_CHANGE or name not in saved:
+            continue
+        if name == "val_every":
+            was = validation_interval(saved[name], saved.get("max_time_min"))
+            if was != current.validation_every:
+                out.append(f"val_every: {was!r} (run) vs {current.validation_every!r} (now)")
             continue
         if saved[name] != now[name]:
             out.append(f"{name}: {saved[name]!r} (run) vs {now[name]!r} (now)")

@@ -39,8 +39,10 @@ def test_validation_interval_defaults_to_two_epochs_with_a_time_budget():
     assert TrainConfig(val_every=3).validation_every == 3
     with pytest.raises(ConfigError, match=r"val_every must be an integer >= 1, got 0"):
         TrainConfig(val_every=0)
-    # when to validate changes no weight, so a resumed run may change it
-    assert config_differences(TrainConfig().to_dict(), TrainConfig(val_every=4)) == []
+    # a resume compares the interval meant: an explicit default matches, another interval does not
+    assert config_differences(TrainConfig(val_every=1).to_dict(), TrainConfig()) == []
+    assert config_differences(TrainConfig(max_time_min=20, val_every=2).to_dict(), TrainConfig(max_time_min=20)) == []
+    assert config_differences(TrainConfig().to_dict(), TrainConfig(val_every=4)) == ["val_every: 1 (run) vs 4 (now)"]
 
 
 @pytest.mark.parametrize(
