@@ -417,8 +417,11 @@ def run_once(args: argparse.Namespace, seed: int, out: Path) -> dict[str, dict]:
     checkpoints = [args.checkpoint, "best" if args.checkpoint == "last" else "last"]
     # (checkpoint, output suffix, extra predict options): the headline, the other checkpoint, and the
     # headline with every region at 0.5 (what the validation-decided thresholds change)
-    variants = [(checkpoints[0], "", []), (checkpoints[1], f"_{checkpoints[1]}", []),
-                (checkpoints[0], "_t05", ["--region-threshold", "0.5"])]
+    # (a softmax run, ``--regions none``, has no region thresholds: no third variant)
+    region_based = json.loads((out / "run" / "plan.json").read_text()).get("region_based", True)
+    variants = [(checkpoints[0], "", []), (checkpoints[1], f"_{checkpoints[1]}", [])]
+    if region_based:
+        variants.append((checkpoints[0], "_t05", ["--region-threshold", "0.5"]))
     for name, suffix, extra in variants:
         run_step(f"predict{suffix}", ["predict", "--model", str(out / "run" / f"{name}.pt"), "--input",
                                       str(out / "brats18_heldout" / "imagesTr"), "--output",
@@ -434,20 +437,21 @@ def run_once(args: argparse.Namespace, seed: int, out: Path) -> dict[str, dict]:
     training = read_training(out / "run")
     scores = read_scores(out / "evaluation_cases.csv")
     other = read_scores(out / f"evaluation_{checkpoints[1]}_cases.csv")
-    at_half = read_scores(out / "evaluation_t05_cases.csv")
-    for table, name in ((scores, "evaluation_cases.csv"), (other, f"evaluation_{checkpoints[1]}_cases.csv"),
-                        (at_half, "evaluation_t05_cases.csv")):
+    tables = {"evaluation_cases.csv": scores, f"evaluation_{checkpoints[1]}_cases.csv": other}
+    others = {f"{checkpoints[1]}.pt": other}
+    half = f"{checkpoints[0]}.pt, thresholds 0.5"
+    if region_based:
+        others[half] = tables["evaluation_t05_cases.csv"] = read_scores(out / "evaluation_t05_cases.csv")
+    for name, table in tables.items():
         missing = [c for c in args.held_out if set(table.get(c, {})) != set(REGIONS)]
         if missing:
             sys.exit(f"error: {out / name} lacks WT/TC/ET rows for {', '.join(missing)}")
-    half = f"{checkpoints[0]}.pt, thresholds 0.5"
-    text = write_results(out, args=args, seed=seed, scores=scores,
-                         others={f"{checkpoints[1]}.pt": other, half: at_half},
+    text = write_results(out, args=args, seed=seed, scores=scores, others=others,
                          training=training, steps=steps, load_start=load_start, load_end=load_end, total=total)
     print()
     print(text)
     print(f"results: {out / 'results.md'}, {out / 'results.csv'}")
-    return {f"{checkpoints[0]}.pt": scores, f"{checkpoints[1]}.pt": other, half: at_half}
+    return {f"{checkpoints[0]}.pt": scores, **others}
 
 
 def write_summary(out: Path, *, args: argparse.Namespace, runs: dict[int, dict[str, dict]]) -> str:
