@@ -13,7 +13,9 @@ BraTS 2018 cases of ``../shared/data/brats2018_deepbrainseg`` (read in place) un
 
 all through :class:`brainseg_cli.inference.predictor.Predictor` (the same preprocessing, sliding
 window, Gaussian weighting and post-processing; the case is prepared once and only the network part,
-``predict_prepared``, is timed: best of ``--repeats``, wall clock and process CPU time). Every engine
+``predict_prepared``, is timed: best of ``--repeats`` rounds, wall clock and process CPU time; each round
+runs every engine once, in a rotating order, after one untimed run of it, so that a slower minute of the
+machine lands on all engines alike and none is timed right after another engine's threads ran). Every engine
 runs the same windows, as many per network call as ``predict`` runs it with (its default,
 :data:`brainseg_cli.inference.engines.WINDOW_BATCH`: 8 on OpenVINO, else 2) unless ``--window-batch``
 sets one number for all. Agreement with torch fp32: the share of voxels with the same label and the
@@ -24,6 +26,10 @@ Target (issue #21): the best export engine >= 1.5x faster than torch eager fp32,
 
     python benchmarks/bench_engines.py [--case Brats18_TCIA13_623_1] [--repeats 3] [--threads N]
         [--checkpoint-2d best.pt] [--checkpoint-3d best.pt] [--train-steps 40] [--window-batch N] [-o results.json]
+    python benchmarks/bench_engines.py --readme benchmarks/results/bench_engines.json [README.md]
+
+The README's table is generated from the results file (between the ``<!-- bench_engines:begin -->`` and
+``<!-- bench_engines:end -->`` markers); a test checks that it is.
 """
 
 from __future__ import annotations
@@ -46,11 +52,15 @@ sys.path.insert(0, str(REPO))
 from brainseg_cli.data.convert import ConvertConfig, convert_dataset  # noqa: E402
 from brainseg_cli.data.layout import load_dataset, read_case  # noqa: E402
 from brainseg_cli.inference.predictor import Predictor  # noqa: E402
+from brainseg_cli.inference.sliding_window import window_starts  # noqa: E402
 from brainseg_cli.training.config import TrainConfig  # noqa: E402
 from brainseg_cli.training.pretrain import pretrain  # noqa: E402
 
 DATA = REPO / ".." / "shared" / "data" / "brats2018_deepbrainseg"
 TRAIN_CASES = ("Brats18_2013_11_1", "Brats18_CBICA_ABM_1")
+RESULTS = REPO / "benchmarks" / "results" / "bench_engines.json"
+BEGIN = "<!-- bench_engines:begin -->"
+END = "<!-- bench_engines:end -->"
 ENGINES = (("torch fp32", "torch", "fp32"), ("torch bf16", "torch", "bf16"), ("onnxruntime", "onnxruntime", "fp32"),
            ("openvino", "openvino", "fp32"))
 
@@ -77,19 +87,61 @@ def cpu_seconds() -> float:
     return t.user + t.system
 
 
-def time_engine(checkpoint: Path, image, case: str, *, engine: str, precision: str, repeats: int,
-                window_batch: int | None = None):
+def time_engines(checkpoint: Path, image, case: str, engines: list[tuple[str, str, str]], *, repeats: int,
+                 window_batch: int | None = None) -> list[tuple[float, float, np.ndarray, int]]:
+    """Time every engine on one case, interleaved: each round runs every engine once, the order rotating.
+
+    Returns:
+        The case's network work in GFLOP (:func:`case_gflop`, counted on the first engine, torch) and,
+        per engine in ``engines`` order: best wall seconds, best CPU seconds, the label map and the
+        windows per network call. Interleaving gives every engine the same machine state (a slower
+        minute lands on all of them, not on whichever ran then); each turn starts with an untimed run,
+        so that no engine is timed while the previous engine's worker threads may still spin (``predict``
+        runs one engine).
+    """
     options = {} if window_batch is None else {"batch_size": window_batch}
-    predictor = Predictor.from_checkpoints([checkpoint], device="cpu", engine=engine, precision=precision, **options)
-    prepared = predictor.prepare(image, case=case)
-    predictor.predict_prepared(prepared)  # warm-up (ONNX Runtime plans its kernels on the first call)
-    best_wall, best_cpu = float("inf"), float("inf")
-    for _ in range(repeats):
-        wall, cpu = time.perf_counter(), cpu_seconds()
-        probs = predictor.predict_prepared(prepared)
-        best_wall = min(best_wall, time.perf_counter() - wall)
-        best_cpu = min(best_cpu, cpu_seconds() - cpu)
-    return best_wall, best_cpu, predictor.labels_from_probabilities(probs), predictor.batch_size
+    runs = []
+    for _, engine, precision in engines:
+        predictor = Predictor.from_checkpoints([checkpoint], device="cpu", engine=engine, precision=precision, **options)
+        prepared = predictor.prepare(image, case=case)
+        probs = predictor.predict_prepared(prepared)  # warm-up (ONNX Runtime plans its kernels on the first call)
+        runs.append((predictor, prepared, predictor.labels_from_probabilities(probs)))
+    gflop = case_gflop(*runs[0][:2])
+    best_wall, best_cpu = [float("inf")] * len(runs), [float("inf")] * len(runs)
+    for round_ in range(repeats):
+        for k in range(len(runs)):
+            i = (k + round_) % len(runs)
+            predictor, prepared, _ = runs[i]
+            predictor.predict_prepared(prepared)  # untimed: the previous engine's threads may still be busy
+            wall, cpu = time.perf_counter(), cpu_seconds()
+            predictor.predict_prepared(prepared)
+            best_wall[i] = min(best_wall[i], time.perf_counter() - wall)
+            best_cpu[i] = min(best_cpu[i], cpu_seconds() - cpu)
+    return gflop, [(w, c, labels, predictor.batch_size) for w, c, (predictor, _, labels) in zip(best_wall, best_cpu, runs)]
+
+
+def case_gflop(predictor: Predictor, prepared) -> float:
+    """Network work of one case in GFLOP (a multiply-add counts 2): FLOPs of one window x windows of the case.
+
+    Counted on the torch network (``torch.utils.flop_counter``), for the case's windows at the
+    predictor's overlap; dividing by an engine's seconds gives the rate it reached on this CPU.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    (members, data, _), = prepared.groups
+    member = members[0]
+    plan = member.plan
+    spatial = list(data.shape[1:])
+    slices = 1
+    if plan.two_d:
+        slices = spatial.pop(plan.slice_axis)
+    padded = [max(s, p) for s, p in zip(spatial, plan.patch_size)]
+    windows = slices * int(np.prod([len(a) for a in window_starts(padded, plan.patch_size, overlap=predictor.overlap)]))
+    channels = data.shape[0] * (2 * plan.slice_context + 1 if plan.two_d else 1)
+    window = torch.zeros((1, channels, *plan.patch_size))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        member.network.eval()(window)
+    return counter.get_total_flops() * windows / 1e9
 
 
 def agreement(reference: np.ndarray, other: np.ndarray) -> dict:
@@ -100,6 +152,33 @@ def agreement(reference: np.ndarray, other: np.ndarray) -> dict:
         a, b = reference == value, other == value
         dice[int(value)] = float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
     return {"equal_voxels": float((reference == other).mean()), "dice": dice}
+
+
+def readme_block(record: dict) -> str:
+    """The README's engine table (between :data:`BEGIN` and :data:`END`) from a results record."""
+    lines = [BEGIN, "| network | engine | windows per call | seconds | GFLOP/s | speed-up vs torch fp32 | equal voxels "
+             "| min Dice per label |", "|---|---|---|---|---|---|---|---|"]
+    for r in record["rows"]:
+        a = r.get("agreement")
+        rate = r.get("gflop_per_s")
+        lines.append(f"| {r['network']} | {r['engine']} | {r['window_batch']} | {r['seconds']:.2f} | "
+                     f"{'' if rate is None else format(rate, '.0f')} | {r['speedup']:.2f}x | "
+                     f"{'' if a is None else format(a['equal_voxels'] * 100, '.3f') + ' %'} | "
+                     f"{'' if a is None or not a['dice'] else format(min(a['dice'].values()), '.4f')} |")
+    return "\n".join([*lines, END])
+
+
+def write_readme(readme: Path, record: dict) -> bool:
+    """Replace the block between the markers in ``readme``; True when the file changed."""
+    text = readme.read_text()
+    start, stop = text.find(BEGIN), text.find(END)
+    if start < 0 or stop < start:
+        sys.exit(f"error: {readme} has no {BEGIN} ... {END} block")
+    new = text[:start] + readme_block(record) + text[stop + len(END):]
+    if new == text:
+        return False
+    readme.write_text(new)
+    return True
 
 
 def main() -> None:
@@ -113,7 +192,14 @@ def main() -> None:
     parser.add_argument("--window-batch", type=int, default=None, metavar="N",
                         help="windows per network call for every engine (predict --batch-size; default: predict's)")
     parser.add_argument("-o", "--output", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--readme", nargs="+", type=Path, default=None, metavar="RESULTS.json [README.md]",
+                        help="only write the README table from a results file (default README: the repository's)")
     args = parser.parse_args()
+    if args.readme:
+        results, *readmes = args.readme
+        for readme in readmes or [REPO / "README.md"]:
+            print(f"{readme}: {'updated' if write_readme(readme, json.loads(results.read_text())) else 'unchanged'}")
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench_engines_") as tmp:
@@ -131,36 +217,26 @@ def main() -> None:
         info = load_dataset(tmp / "brats")
         image, _ = read_case(info, args.case)
         rows = []
+        available = [e for e in ENGINES if e[1] != "openvino" or importlib.util.find_spec("openvino") is not None]
         for name, checkpoint in checkpoints.items():
-            reference = None
-            for engine_name, engine, precision in ENGINES:
-                if engine == "openvino" and importlib.util.find_spec("openvino") is None:
-                    continue
-                wall, cpu, labels, window_batch = time_engine(checkpoint, image, args.case, engine=engine, precision=precision,
-                                                repeats=args.repeats, window_batch=args.window_batch)
+            gflop, timed = time_engines(checkpoint, image, args.case, available, repeats=args.repeats,
+                                 window_batch=args.window_batch)
+            (base, _, reference, _) = timed[0]
+            for (engine_name, _, _), (wall, cpu, labels, window_batch) in zip(available, timed):
                 row = {"network": name, "engine": engine_name, "window_batch": window_batch, "seconds": wall,
-                       "cpu_seconds": cpu}
-                if reference is None:
-                    reference, base = labels, wall
-                else:
+                       "cpu_seconds": cpu, "gflop": gflop, "gflop_per_s": gflop / wall}
+                if labels is not reference:
                     row["agreement"] = agreement(reference, labels)
                 row["speedup"] = base / wall
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+    record = {"case": args.case, "threads": torch.get_num_threads(), "window_batch": args.window_batch,
+              "repeats": args.repeats, "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor()},
+              "torch": torch.__version__, "rows": rows}
     print()
-    print("| network | engine | windows per call | seconds | speed-up vs torch fp32 | equal voxels | min Dice per label |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        a = r.get("agreement")
-        print(f"| {r['network']} | {r['engine']} | {r['window_batch']} | {r['seconds']:.2f} | {r['speedup']:.2f}x | "
-              f"{'' if a is None else format(a['equal_voxels'] * 100, '.3f') + ' %'} | "
-              f"{'' if a is None or not a['dice'] else format(min(a['dice'].values()), '.4f')} |")
+    print(readme_block(record))
     if args.output:
-        args.output.write_text(json.dumps({"case": args.case, "threads": torch.get_num_threads(),
-                                           "window_batch": args.window_batch,
-                                           "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor()},
-                                           "torch": torch.__version__, "rows": rows}, indent=2) + "\n")
-
+        args.output.write_text(json.dumps(record, indent=2) + "\n")
 
 if __name__ == "__main__":
     main()
