@@ -139,6 +139,10 @@ def link_cases(folder: Path, cases: tuple[str, ...], data: Path) -> Path:
     return folder
 
 
+#: How results.md names the optimisers of a run's config.json.
+OPTIMIZER_NAMES = {"sgd": "SGD", "adam": "Adam"}
+
+
 def read_training(run: Path) -> dict:
     """Plan, epochs, steps and validation Dice of a finished pretrain run folder."""
     plan = json.loads((run / "plan.json").read_text())
@@ -165,6 +169,8 @@ def read_training(run: Path) -> dict:
         "best_val_dice": best[0] if best else math.nan, "best_epoch": best[1] if best else None,
         "val_cases": config.get("val_cases"), "train_cases": config.get("train_cases"),
         "decisions": plan.get("decisions", {}),
+        "region_based": plan.get("region_based", True),
+        "optimizer": config.get("optimizer") or {"optimizer": "sgd", "schedule": "poly"},
         "batch_dice": bool((plan.get("loss") or {}).get("batch_dice", False)),
         "augment_preset": train_cfg.get("augment_preset", "default") if train_cfg.get("augment", True) else "off",
         "ema": train_cfg.get("ema"),
@@ -256,7 +262,8 @@ def write_results(out: Path, *, args: argparse.Namespace, seed: int, scores: dic
         "",
         f"Plan: {t['config']} {t['model']} (base features {t['base_features']}), patch "
         f"{'x'.join(map(str, t['patch']))}, batch {t['batch']}, spacing {'x'.join(f'{s:g}' for s in t['spacing'])} mm, "
-        f"region-based WT/TC/ET (sigmoid), Dice {'over the batch' if t['batch_dice'] else 'per sample'}, "
+        f"{'region-based WT/TC/ET (sigmoid)' if t['region_based'] else 'softmax labels'}, "
+        f"Dice {'over the batch' if t['batch_dice'] else 'per sample'}, "
         f"augmentation `{t['augment_preset']}`, "
         f"{'weights averaged (EMA decay ' + format(t['ema'], 'g') + ')' if t['ema'] else 'no weight averaging'}, "
         f"{t['epochs']} epochs x {t['iterations_per_epoch']} = "
@@ -264,7 +271,8 @@ def write_results(out: Path, *, args: argparse.Namespace, seed: int, scores: dic
         f"data waits {t['data_seconds']:.0f} s); final lr {t['last_lr']:.2e}; best validation Dice "
         f"{fmt(t['best_val_dice'])} at epoch {t['best_epoch']}.",
         "",
-        (f"Schedule: SGD + poly lr following the clock (--max-time {args.minutes:g}: re-aimed after every epoch at "
+        (f"Schedule: {OPTIMIZER_NAMES.get(t['optimizer']['optimizer'], t['optimizer']['optimizer'])} + "
+         f"{t['optimizer']['schedule']} lr following the clock (--max-time {args.minutes:g}: re-aimed after every epoch at "
          f"the steps that still fit; --epochs {args.epochs} is only an upper bound of {t['planned_steps']} steps); "
          "the loop stops before an epoch that would not fit."),
         "",
