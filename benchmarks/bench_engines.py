@@ -49,6 +49,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from readme_tables import read_results, write_block  # noqa: E402
+
 from brainseg_cli.data.convert import ConvertConfig, convert_dataset  # noqa: E402
 from brainseg_cli.data.layout import load_dataset, read_case  # noqa: E402
 from brainseg_cli.inference.predictor import Predictor  # noqa: E402
@@ -88,16 +91,17 @@ def cpu_seconds() -> float:
 
 
 def time_engines(checkpoint: Path, image, case: str, engines: list[tuple[str, str, str]], *, repeats: int,
-                 window_batch: int | None = None) -> list[tuple[float, float, np.ndarray, int]]:
+                 window_batch: int | None = None) -> tuple[float, list[tuple[float, float, np.ndarray, int]]]:
     """Time every engine on one case, interleaved: each round runs every engine once, the order rotating.
+
+    Interleaving gives every engine the same machine state (a slower minute lands on all of them, not
+    on whichever ran then); each turn starts with an untimed run, so that no engine is timed while the
+    previous engine's worker threads may still spin (``predict`` runs one engine).
 
     Returns:
         The case's network work in GFLOP (:func:`case_gflop`, counted on the first engine, torch) and,
         per engine in ``engines`` order: best wall seconds, best CPU seconds, the label map and the
-        windows per network call. Interleaving gives every engine the same machine state (a slower
-        minute lands on all of them, not on whichever ran then); each turn starts with an untimed run,
-        so that no engine is timed while the previous engine's worker threads may still spin (``predict``
-        runs one engine).
+        windows per network call.
     """
     options = {} if window_batch is None else {"batch_size": window_batch}
     runs = []
@@ -170,15 +174,7 @@ def readme_block(record: dict) -> str:
 
 def write_readme(readme: Path, record: dict) -> bool:
     """Replace the block between the markers in ``readme``; True when the file changed."""
-    text = readme.read_text()
-    start, stop = text.find(BEGIN), text.find(END)
-    if start < 0 or stop < start:
-        sys.exit(f"error: {readme} has no {BEGIN} ... {END} block")
-    new = text[:start] + readme_block(record) + text[stop + len(END):]
-    if new == text:
-        return False
-    readme.write_text(new)
-    return True
+    return write_block(readme, BEGIN, END, readme_block(record))
 
 
 def main() -> None:
@@ -197,8 +193,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.readme:
         results, *readmes = args.readme
+        record = read_results(results)
         for readme in readmes or [REPO / "README.md"]:
-            print(f"{readme}: {'updated' if write_readme(readme, json.loads(results.read_text())) else 'unchanged'}")
+            print(f"{readme}: {'updated' if write_readme(readme, record) else 'unchanged'}")
         return
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -220,8 +217,8 @@ def main() -> None:
         available = [e for e in ENGINES if e[1] != "openvino" or importlib.util.find_spec("openvino") is not None]
         for name, checkpoint in checkpoints.items():
             gflop, timed = time_engines(checkpoint, image, args.case, available, repeats=args.repeats,
-                                 window_batch=args.window_batch)
-            (base, _, reference, _) = timed[0]
+                                        window_batch=args.window_batch)
+            base, _, reference, _ = timed[0]
             for (engine_name, _, _), (wall, cpu, labels, window_batch) in zip(available, timed):
                 row = {"network": name, "engine": engine_name, "window_batch": window_batch, "seconds": wall,
                        "cpu_seconds": cpu, "gflop": gflop, "gflop_per_s": gflop / wall}
@@ -237,6 +234,7 @@ def main() -> None:
     print(readme_block(record))
     if args.output:
         args.output.write_text(json.dumps(record, indent=2) + "\n")
+
 
 if __name__ == "__main__":
     main()

@@ -422,11 +422,12 @@ def run_once(args: argparse.Namespace, seed: int, out: Path) -> dict[str, dict]:
     if args.batch_dice is not None:
         pretrain += ["--batch-dice" if args.batch_dice else "--sample-dice"]
     run_step("pretrain", pretrain, logs, steps)
+    training = read_training(out / "run")
     checkpoints = [args.checkpoint, "best" if args.checkpoint == "last" else "last"]
     # (checkpoint, output suffix, extra predict options): the headline, the other checkpoint, and the
     # headline with every region at 0.5 (what the validation-decided thresholds change)
     # (a softmax run, ``--regions none``, has no region thresholds: no third variant)
-    region_based = json.loads((out / "run" / "plan.json").read_text()).get("region_based", True)
+    region_based = training["region_based"]
     variants = [(checkpoints[0], "", []), (checkpoints[1], f"_{checkpoints[1]}", [])]
     if region_based:
         variants.append((checkpoints[0], "_t05", ["--region-threshold", "0.5"]))
@@ -442,7 +443,6 @@ def run_once(args: argparse.Namespace, seed: int, out: Path) -> dict[str, dict]:
     total = time.perf_counter() - t_start
     load_end = load()
 
-    training = read_training(out / "run")
     scores = read_scores(out / "evaluation_cases.csv")
     other = read_scores(out / f"evaluation_{checkpoints[1]}_cases.csv")
     tables = {"evaluation_cases.csv": scores, f"evaluation_{checkpoints[1]}_cases.csv": other}

@@ -46,6 +46,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from brats_cpu_20min import CASES, DATA, REGIONS, REPO, fmt, load  # noqa: E402
+from readme_tables import read_results, write_block  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 from brainseg_cli.training.splits import kfold_splits  # noqa: E402
@@ -360,15 +361,7 @@ def read_ensemble(path: Path = ENSEMBLE_RESULTS) -> dict | None:
 
 def write_readme(readme: Path, record: dict) -> bool:
     """Replace the block between the markers in ``readme``; True when the file changed."""
-    text = readme.read_text()
-    start, stop = text.find(BEGIN), text.find(END)
-    if start < 0 or stop < start:
-        sys.exit(f"error: {readme} has no {BEGIN} ... {END} block")
-    new = text[:start] + readme_block(record, read_ensemble()) + text[stop + len(END):]
-    if new == text:
-        return False
-    readme.write_text(new)
-    return True
+    return write_block(readme, BEGIN, END, readme_block(record, read_ensemble()))
 
 
 def write_record(out: Path, record: dict) -> None:
@@ -400,7 +393,7 @@ def main() -> None:
     if args.readme:
         results = args.readme[0]
         readme = args.readme[1] if len(args.readme) > 1 else REPO / "README.md"
-        changed = write_readme(readme, json.loads(results.read_text()))
+        changed = write_readme(readme, read_results(results))
         print(f"{readme}: {'updated' if changed else 'already up to date'}")
         return
     folds = cv_folds(CASES, args.folds)

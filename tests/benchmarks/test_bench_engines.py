@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers.benchmarks import load_benchmark
 from helpers.checkpoints import tiny_trained_checkpoint
 from helpers.threads import one_thread
 from torch.utils.flop_counter import FlopCounterMode
@@ -20,16 +19,7 @@ from brainseg_cli.inference.sliding_window import window_starts
 
 REPO = Path(__file__).resolve().parents[2]
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_engines", REPO / "benchmarks" / "bench_engines.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("bench_engines", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load()
+bench = load_benchmark("bench_engines")
 
 
 def _row(engine: str, seconds: float, speedup: float, agreement: dict | None = None) -> dict:

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
+from helpers.benchmarks import load_benchmark
 
 REPO = Path(__file__).resolve().parents[2]
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("brats_cv", REPO / "benchmarks" / "brats_cv.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("brats_cv", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-cv = _load()
+cv = load_benchmark("brats_cv")
 
 
 def test_folds_are_deterministic_disjoint_and_cover_every_case():
