@@ -179,14 +179,16 @@ def read_training(run: Path) -> dict:
 
 
 def checkpoint_decisions(path: Path) -> str:
-    """The region growing thresholds and largest-component decisions stored in a checkpoint, as text."""
+    """The region growing thresholds, minimum region volumes and largest-component decisions stored in a checkpoint, as text."""
     import torch
 
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     thresholds = ckpt.get("region_thresholds") or {}
     lcc = [name for name, d in (ckpt.get("postprocessing") or {}).items() if d.get("largest_component")]
     cuts = " / ".join(f"{name} {value:g}" for name, value in thresholds.items()) or "0.5 (none stored)"
-    return f"thresholds {cuts}; largest component of {', '.join(lcc) or 'nothing'}"
+    minimums = " / ".join(f"{name} {value:g}" for name, value in (ckpt.get("region_min_volumes") or {}).items() if value)
+    return (f"thresholds {cuts}; largest component of {', '.join(lcc) or 'nothing'}; "
+            f"minimum volume (mm3) {minimums or 'none'}")
 
 
 def read_scores(cases_csv: Path) -> dict[str, dict[str, dict[str, float]]]:

@@ -58,7 +58,8 @@ def redecide(source: Path, dest: Path) -> None:
     labels = {str(k): int(v) for k, v in plan["labels"].items()}
     regions = {str(k): [int(v) for v in vs] for k, vs in (plan.get("regions") or {}).items()}
     entities = validation_entities(labels=labels, regions=regions, region_based=bool(plan.get("region_based")))
-    decide_and_store(dest, model=build_model_from_checkpoint(ckpt), dataset=data, val_cases=config["val_cases"],
+    decide_and_store(dest, model=build_model_from_checkpoint(ckpt), dataset=data, train_cases=config["train_cases"],
+                     val_cases=config["val_cases"],
                      plan=plan, labels=labels, entities=entities, validations={},
                      precision=ckpt["training"].get("precision", "fp32"), device=torch.device("cpu"))
 

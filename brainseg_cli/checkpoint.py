@@ -15,7 +15,9 @@ canonical channel names in input order), ``labels`` (``{name: int}``), ``regions
 evaluation regions), ``postprocessing`` (``{label name: {"largest_component": bool}}`` for every
 foreground label, decided on the validation cases at the end of training), optionally
 ``region_thresholds`` (``{region name: float in (0, 1)}``, region-based models: each region's
-sigmoid threshold, decided on the validation cases at the end of training; absent = 0.5),
+sigmoid threshold, decided on the validation cases at the end of training; absent = 0.5), optionally
+``region_min_volumes`` (``{region name: float >= 0}``, region-based models: the volume in mm³ under
+which a predicted region is removed, decided likewise; absent = 0, never),
 ``training`` (``{"epoch", "best_val_dice", "dataset_fingerprint", "seed", ...}``) and
 ``state_dict`` (``{str: tensor}``). ``last.pt`` adds ``optimizer``, ``scheduler`` and ``rng`` for
 ``--resume``.

@@ -105,6 +105,11 @@ class CachedCases:
         data, seg = self.cache.load(case, mmap=False)
         return data, seg
 
+    def label_voxels(self, case: str) -> dict[int, int]:
+        """``{label value: voxel count}`` of a case's reference in the plan's space (from the cache's properties)."""
+        counts = self.cache.properties(case).get("label_voxels") or {}
+        return {int(k): int(v) for k, v in counts.items()}
+
     def sample(self, case: str, *, rng: np.random.Generator, force_foreground: bool,
                augment: bool) -> tuple[np.ndarray, np.ndarray]:
         """One training sample ``(image (C, *patch) float32, label (*patch) uint8)``.

@@ -270,6 +270,7 @@ def _write_config(out: Path, config: PredictConfig, predictor) -> None:
     data["device"] = str(predictor.device)
     data["batch_size"] = predictor.batch_size  # the engine's default when not given
     data["region_thresholds"] = predictor.thresholds()
+    data["region_min_volumes"] = predictor.min_volumes()
     data["model_labels"] = dict(predictor.labels)  # the label scheme of the outputs (with labels = "model")
     data["largest_component_groups"] = predictor.largest_component_groups(config.lcc)
     data["checkpoints"] = [
@@ -346,7 +347,7 @@ def predict_case(case, loaded, prepared, *, predictor, config: PredictConfig, ou
         InputError: the case cannot be predicted (names the case).
     """
     probs = predictor.predict_prepared(prepared)
-    labels = predictor.labels_from_probabilities(probs, lcc=config.lcc)
+    labels = predictor.labels_from_probabilities(probs, lcc=config.lcc, spacing=loaded.image.spacing)
     volumes = _volumes(labels, loaded.image.spacing, columns)
     paths = _output_paths(case, out, config.save_probabilities)
     if config.save_probabilities:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -40,13 +41,16 @@ from brainseg_cli.errors import CheckpointError, ConfigError, InputError
 from brainseg_cli.inference import engines
 from brainseg_cli.inference.postprocess import (
     agreed_groups,
+    agreed_min_volumes,
     agreed_thresholds,
     apply_largest_component,
+    check_min_volumes,
     check_thresholds,
     decided_groups,
     grow_regions,
     label_value_dtype,
     probabilities_to_labels,
+    remove_small_regions,
 )
 from brainseg_cli.inference.sliding_window import sliding_window_predict
 from brainseg_cli.io import Image
@@ -195,23 +199,25 @@ def _check_metadata(ckpt: Mapping[str, Any], path: Path, *, required: Sequence[s
         raise CheckpointError(str(exc)) from None
     if list(ckpt["channels"]) != list(plan["channels"]):
         raise CheckpointError(f"checkpoint {path}: channels {ckpt['channels']} differ from its plan's {plan['channels']}")
-    _check_region_thresholds(ckpt, path)
+    _check_region_values(ckpt, path, "region_thresholds", check_thresholds)
+    _check_region_values(ckpt, path, "region_min_volumes", check_min_volumes)
 
 
-def _check_region_thresholds(ckpt: Mapping[str, Any], path: Path) -> None:
-    """A checkpoint's ``region_thresholds`` must map its regions to numbers in (0, 0.5]."""
-    raw = ckpt.get("region_thresholds")
+def _check_region_values(ckpt: Mapping[str, Any], path: Path, key: str, check: Any) -> None:
+    """A checkpoint's per-region decision (``region_thresholds``: numbers in (0, 0.5]; ``region_min_volumes``:
+    numbers >= 0) must name only its regions and hold valid values."""
+    raw = ckpt.get(key)
     if raw is None:
         return
     regions = ckpt.get("regions") or {}
     if not isinstance(raw, Mapping):
-        raise CheckpointError(f"checkpoint {path}: region_thresholds is a {type(raw).__name__}, not a dict")
+        raise CheckpointError(f"checkpoint {path}: {key} is a {type(raw).__name__}, not a dict")
     for name in raw:
         if name not in regions:
-            raise CheckpointError(f"checkpoint {path}: region_thresholds names '{name}', which is not one of its "
+            raise CheckpointError(f"checkpoint {path}: {key} names '{name}', which is not one of its "
                                   f"regions ({', '.join(map(str, regions)) or 'none'})")
     try:
-        check_thresholds(list(raw.values()), count=len(raw), what=f"checkpoint {path}: region_thresholds")
+        check(list(raw.values()), count=len(raw), what=f"checkpoint {path}: {key}")
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from None
 
@@ -363,6 +369,21 @@ class Predictor:
         return agreed_thresholds([m.checkpoint.get("region_thresholds") or {} for m in self.members],
                                  list(self.regions))
 
+    def min_volumes(self) -> dict[str, float] | None:
+        """The volume (mm³) under which each predicted region is removed (region-based models; None for softmax).
+
+        The checkpoint's ``region_min_volumes`` (0 for a region it does not name, e.g. a checkpoint
+        written before the decision existed: never removed); an ensemble removes a region only below
+        the smallest of its members' minimums (:func:`~brainseg_cli.inference.postprocess.agreed_min_volumes`).
+
+        Returns:
+            ``{region name: mm³}`` in output order, or None.
+        """
+        if not self.region_based:
+            return None
+        return agreed_min_volumes([m.checkpoint.get("region_min_volumes") or {} for m in self.members],
+                                  list(self.regions))
+
     @property
     def output_names(self) -> list[str]:
         """Name of each probability channel: the classes by value, or the regions in order."""
@@ -505,16 +526,21 @@ class Predictor:
         """
         return self.predict_prepared(self.prepare(image, case=case))
 
-    def labels_from_probabilities(self, probs: np.ndarray, *, lcc: str = "auto") -> np.ndarray:
+    def labels_from_probabilities(self, probs: np.ndarray, *, lcc: str = "auto",
+                                  spacing: Sequence[float] | None = None) -> np.ndarray:
         """Label map from probabilities: argmax or region order, largest-component post-processing, region growing.
 
         Region-based models: labels at 0.5, then keep-largest-component (``lcc``), then each region
         grows into the connected voxels above its threshold (:meth:`thresholds`;
-        :func:`~brainseg_cli.inference.postprocess.grow_regions`).
+        :func:`~brainseg_cli.inference.postprocess.grow_regions`), then a region whose volume is under
+        its minimum (:meth:`min_volumes`) takes the label of the region enclosing it
+        (:func:`~brainseg_cli.inference.postprocess.remove_small_regions`).
 
         Args:
             probs: ``(K, X, Y, Z)`` from :meth:`predict_probabilities`.
             lcc: ``"auto"``, ``"on"`` or ``"off"`` (see :meth:`largest_component_groups`).
+            spacing: the voxel spacing of ``probs`` in mm (the input image's), which region volumes are
+                measured in; None: the plan's target spacing.
 
         Returns:
             ``(X, Y, Z)`` label map in the checkpoint's label values (uint8 when they fit).
@@ -527,6 +553,11 @@ class Predictor:
         cuts = self.thresholds()
         if cuts is not None:
             labels = grow_regions(labels, probs, regions=regions, thresholds=list(cuts.values()))
+        minimums = self.min_volumes()
+        if minimums is not None and any(v > 0 for v in minimums.values()):
+            spacing = self.members[0].plan.target_spacing if spacing is None else spacing
+            labels = remove_small_regions(labels, regions=regions, min_volumes=list(minimums.values()),
+                                          voxel_volume=math.prod(float(s) for s in spacing))
         return labels
 
     def to_source_labels(self, labels: np.ndarray) -> np.ndarray:
@@ -544,7 +575,7 @@ class Predictor:
             ``(labels (X, Y, Z), probabilities (K, X, Y, Z) float32)``.
         """
         probs = self.predict_probabilities(image, case=case)
-        return self.labels_from_probabilities(probs, lcc=lcc), probs
+        return self.labels_from_probabilities(probs, lcc=lcc, spacing=image.spacing), probs
 
 
 def _normalised(value: Any) -> str:

@@ -30,6 +30,9 @@ class TrainingCases(Protocol):
     def load_case(self, case: str) -> tuple[np.ndarray, np.ndarray]:
         """``(image (C, X, Y, Z) float32, label (X, Y, Z) uint8)`` of one case in the plan's space."""
 
+    def label_voxels(self, case: str) -> dict[int, int]:
+        """``{label value: voxel count}`` of one case's reference in the plan's space (absent labels may be left out)."""
+
     def sample(self, case: str, *, rng: np.random.Generator, force_foreground: bool,
                augment: bool) -> tuple[np.ndarray, np.ndarray]:
         """One training patch ``(image (C, *patch) float32, label (*patch) integer)``."""

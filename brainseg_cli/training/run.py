@@ -41,7 +41,7 @@ from brainseg_cli.training.batches import (
     local_sample_indices,
 )
 from brainseg_cli.training.config import Runtime, TrainConfig, config_differences
-from brainseg_cli.training.decisions import decide_and_store
+from brainseg_cli.training.decisions import Decisions, decide_and_store
 from brainseg_cli.training.ema import WeightAverage
 from brainseg_cli.training.logging import MetricsLog, TensorBoardLog
 from brainseg_cli.training.optim import (
@@ -101,6 +101,8 @@ class TrainResult:
         postprocessing: the post-processing decision stored in ``best.pt``.
         region_thresholds: the region thresholds stored in ``best.pt`` (``{region: threshold}``;
             empty for softmax models).
+        region_min_volumes: the minimum region volumes stored in ``best.pt`` (``{region: mm³}``;
+            empty for softmax models).
         stop_reason: ``"epochs"``, ``"patience"`` or ``"max_time"``.
         step_losses: training loss of every step of this process's run (averaged over ranks).
         seconds: wall-clock seconds of the whole run (time before a resume included).
@@ -117,6 +119,7 @@ class TrainResult:
     postprocessing: dict[str, dict[str, bool]]
     stop_reason: str
     region_thresholds: dict[str, float] = field(default_factory=dict)
+    region_min_volumes: dict[str, float] = field(default_factory=dict)
     step_losses: list[float] = field(default_factory=list, repr=False)
     seconds: float = 0.0
     bundle: Path | None = None
@@ -482,22 +485,24 @@ class TrainingRun:
 
     def finish(self, epoch: int) -> TrainResult:
         """Make the end-of-training decisions (rank 0) and report the run (every rank)."""
-        decided: tuple[dict[str, dict[str, bool]], dict[str, float]] = (self.outputs.no_postprocessing(), {})
+        decided = Decisions(postprocessing=self.outputs.no_postprocessing())
         if self.ctx.is_main:
             last = self.last_validated
             decided = decide_and_store(
-                self.run_dir, model=self.model, dataset=self.dataset, val_cases=self.val_cases, plan=self.plan,
+                self.run_dir, model=self.model, dataset=self.dataset, train_cases=self.train_cases,
+                val_cases=self.val_cases, plan=self.plan,
                 labels=self.outputs.labels, entities=self.outputs.entities,
                 validations={BEST: self.best_validation, LAST: last[1] if last is not None and last[0] == epoch else None},
                 precision=self.runtime.precision, device=self.device)
-        postprocessing, region_thresholds = D.broadcast_object(decided, self.ctx)
+        decided = D.broadcast_object(decided, self.ctx)
         best = D.broadcast_object((self.state.best_epoch, self.state.best_val_dice, self.state.best_val), self.ctx)
         D.barrier(self.ctx)
         run_dir = self.run_dir
         return TrainResult(
             run_dir=run_dir, best_checkpoint=run_dir / BEST, last_checkpoint=run_dir / LAST,
             epochs_completed=epoch + 1, best_epoch=best[0], best_val_dice=best[1], val_dice=dict(best[2]),
-            postprocessing=postprocessing, region_thresholds=region_thresholds, stop_reason=self.stop_reason,
+            postprocessing=decided.postprocessing, region_thresholds=decided.region_thresholds,
+            region_min_volumes=decided.region_min_volumes, stop_reason=self.stop_reason,
             step_losses=self.step_losses, seconds=self.state.elapsed,
         )
 

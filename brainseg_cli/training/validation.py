@@ -31,6 +31,19 @@ expected F1 score (= Dice) is half the best F1 score (Lipton, Elkan and Narayana
 threshold, because a faint blob away from the tumour must not come in: on a BraTS 2-D CPU run a plain
 threshold of 0.1 (chosen on a validation case with a large tumour) made such a blob the largest
 component, and keep-largest-component then removed the smaller held-out tumour entirely.
+
+Minimum region volumes (:func:`decide_min_volumes`, region-based models only, decided last on the
+grown labels): below its minimum a predicted region is judged absent and takes the enclosing region's
+label (:func:`brainseg_cli.inference.postprocess.remove_small_regions`). A region absent from a case
+scores Dice 1 when nothing is predicted and 0 for a single false-positive voxel, so the minimum is set
+as high as the evidence allows: of 0 and :data:`MIN_VOLUME_CANDIDATES` (mm³) up to the cap, the one with
+the highest mean foreground Dice over the validation cases, ties going to the largest (nnU-Net's BraTS
+rule chooses its enhancing-tumour threshold on the cross-validation's Dice the same way). The cap is
+:data:`MIN_VOLUME_FRACTION` of the region's :data:`MIN_VOLUME_QUANTILE`-th percentile volume over the
+training references that hold it, so a region smaller than that is never removed, whatever the
+validation cases hold. Removal lowers a case's Dice only where the reference holds the region and the
+prediction overlaps it (a small, correctly found region), and raises it only where the reference lacks
+the region, so without such cases every candidate ties and the largest one under the cap is chosen.
 """
 
 from __future__ import annotations
@@ -47,7 +60,14 @@ from torch import nn
 from brainseg_cli.data.plan_schema import Plan, as_plan
 from brainseg_cli.errors import ConfigError
 from brainseg_cli.inference import apply_largest_component, probabilities_to_labels, sliding_window_predict
-from brainseg_cli.inference.postprocess import ALL_FOREGROUND, REGION_THRESHOLD, check_thresholds, grow_regions
+from brainseg_cli.inference.postprocess import (
+    ALL_FOREGROUND,
+    REGION_THRESHOLD,
+    check_min_volumes,
+    check_thresholds,
+    grow_regions,
+    remove_small_regions,
+)
 from brainseg_cli.metrics.overlap import label_confusion, overlap_metrics
 
 logger = logging.getLogger(__name__)
@@ -61,6 +81,16 @@ MIN_GAIN = 1e-6
 #: Thresholds :func:`decide_region_thresholds` chooses each region's from (0.5 = no change; none
 #: above 0.5, see the module docstring).
 THRESHOLD_CANDIDATES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+#: Minimum region volumes (mm³) :func:`decide_min_volumes` chooses from (0 = never removed).
+MIN_VOLUME_CANDIDATES: tuple[float, ...] = (50.0, 100.0, 200.0, 300.0, 500.0, 750.0, 1000.0)
+
+#: A region's minimum volume is at most this fraction of its :data:`MIN_VOLUME_QUANTILE`-th percentile
+#: reference volume over the training cases that hold it.
+MIN_VOLUME_FRACTION = 0.25
+
+#: Percentile of the training cases' reference volumes the cap of a minimum volume is taken from.
+MIN_VOLUME_QUANTILE = 10.0
 
 
 def validation_entities(
@@ -332,6 +362,113 @@ def decide_region_thresholds(
             logger.info("region threshold of '%s': %.2f (mean validation Dice %s)", name, cuts[i],
                         ", ".join(f"{t:.1f}: {d:.4f}" for t, d in sorted(tried.items())))
     return ThresholdDecision(thresholds=dict(zip(names, cuts)), dice_before=before, dice_after=current, trials=trials)
+
+
+def min_volume_caps(volumes: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """The largest minimum volume each region may get, from the training cases' reference volumes.
+
+    Args:
+        volumes: ``{region name: [reference volume of each training case, mm³]}`` (0 where a case
+            lacks the region).
+
+    Returns:
+        ``{region name: cap in mm³}``: :data:`MIN_VOLUME_FRACTION` of the :data:`MIN_VOLUME_QUANTILE`-th
+        percentile of the non-zero volumes (linear interpolation); 0 where no case holds the region.
+    """
+    caps = {}
+    for name, values in volumes.items():
+        held = [float(v) for v in values if float(v) > 0]
+        caps[name] = MIN_VOLUME_FRACTION * float(np.percentile(held, MIN_VOLUME_QUANTILE)) if held else 0.0
+    return caps
+
+
+@dataclass(frozen=True)
+class MinVolumeDecision:
+    """The outcome of :func:`decide_min_volumes`.
+
+    Attributes:
+        min_volumes: ``{region name: mm³}`` in output order (the checkpoint's ``region_min_volumes``;
+            0 = never removed).
+        caps: ``{region name: mm³}``, the largest minimum each region could get (:func:`min_volume_caps`).
+        dice_before: per-entity mean Dice without removal.
+        dice_after: per-entity mean Dice with the chosen minimum volumes.
+        trials: ``{region name: {minimum: mean foreground Dice}}`` for 0 and the candidates under the cap.
+    """
+
+    min_volumes: dict[str, float]
+    caps: dict[str, float]
+    dice_before: dict[str, float]
+    dice_after: dict[str, float]
+    trials: dict[str, dict[float, float]]
+
+
+def decide_min_volumes(
+    predictions: Mapping[str, np.ndarray],
+    references: Mapping[str, np.ndarray],
+    *,
+    regions: Mapping[str, Sequence[int]],
+    voxel_volume: float,
+    caps: Mapping[str, float],
+    candidates: Sequence[float] = MIN_VOLUME_CANDIDATES,
+) -> MinVolumeDecision:
+    """Choose each region's minimum volume on the validation cases (rule in the module docstring).
+
+    Regions are decided in output order, each with the earlier ones removed at their chosen minimum.
+    Each region's minimum is the one of 0 and the candidates up to its cap with the highest mean
+    foreground Dice (mean over entities of the mean over cases); ties (within 1e-12) go to the largest.
+
+    Args:
+        predictions: ``{case: label map}`` after largest-component post-processing and growing.
+        references: ``{case: reference label map}`` (same keys and shapes).
+        regions: ordered ``{name: [label values]}`` (largest region first).
+        voxel_volume: mm³ of one voxel of the label maps.
+        caps: ``{region name: mm³}`` (:func:`min_volume_caps`); a region not named gets 0 (never removed).
+        candidates: minimum volumes to try, mm³.
+
+    Returns:
+        The :class:`MinVolumeDecision` (every region at 0 when there are no cases).
+
+    Raises:
+        ConfigError: a case without a reference, shapes that differ, or an invalid candidate.
+    """
+    names = list(regions)
+    region_lists = [list(v) for v in regions.values()]
+    ordered = sorted(set(check_min_volumes(candidates, count=len(candidates), what="minimum volume candidates")) - {0.0})
+    cases = sorted(predictions)
+    for case in cases:
+        if case not in references:
+            raise ConfigError(f"minimum volume decision: no reference label map for validation case '{case}'")
+        if predictions[case].shape != references[case].shape:
+            raise ConfigError(f"minimum volume decision: case '{case}' has a prediction of shape "
+                              f"{predictions[case].shape} and a reference of shape {references[case].shape}")
+
+    def per_case(minimums: Sequence[float]) -> list[dict[str, float]]:
+        return [case_dice(remove_small_regions(predictions[c], regions=region_lists, min_volumes=minimums,
+                                               voxel_volume=voxel_volume), references[c], regions) for c in cases]
+
+    def score(minimums: Sequence[float]) -> dict[str, float]:
+        return mean_dice(per_case(minimums), names)
+
+    chosen = [0.0] * len(names)
+    before = score(chosen)
+    current = dict(before)
+    trials: dict[str, dict[float, float]] = {}
+    if cases:
+        for i, name in enumerate(names):
+            cap = float(caps.get(name, 0.0))
+            best = float(np.mean(list(current.values())))
+            tried = {0.0: best}
+            for cand in (c for c in ordered if c <= cap):
+                trial_minimums = [*chosen[:i], cand, *chosen[i + 1:]]
+                result = score(trial_minimums)
+                tried[cand] = float(np.mean(list(result.values())))
+                if tried[cand] >= best - 1e-12:
+                    best, chosen, current = max(best, tried[cand]), trial_minimums, result
+            trials[name] = tried
+            logger.info("minimum volume of '%s': %g mm3 (cap %.0f mm3; mean validation Dice %s)", name, chosen[i], cap,
+                        ", ".join(f"{t:g}: {d:.4f}" for t, d in tried.items()))
+    return MinVolumeDecision(min_volumes=dict(zip(names, chosen)), caps={n: float(caps.get(n, 0.0)) for n in names},
+                             dice_before=before, dice_after=current, trials=trials)
 
 
 @dataclass(frozen=True)

@@ -301,6 +301,11 @@ def test_real_brats_cases(real_brats, tmp_path):
 
     assert list(ckpt["region_thresholds"]) == ["WT", "TC", "ET"]
     assert set(ckpt["region_thresholds"].values()) <= set(THRESHOLD_CANDIDATES)
+    # minimum volumes likewise, at 4 mm voxels (64 mm3): 0 or a candidate
+    from brainseg_cli.training.validation import MIN_VOLUME_CANDIDATES
+
+    assert list(ckpt["region_min_volumes"]) == ["WT", "TC", "ET"]
+    assert set(ckpt["region_min_volumes"].values()) <= {0.0, *MIN_VOLUME_CANDIDATES}
     before, after = ckpt["training"]["val_dice"], ckpt["training"]["val_dice_postprocessed"]
     assert np.mean(list(after.values())) >= np.mean(list(before.values())) - 1e-9
     model = build_model_from_checkpoint(ckpt)

@@ -45,6 +45,10 @@ class ArrayCases:
     def load_case(self, case: str) -> tuple[np.ndarray, np.ndarray]:
         return self.cases[case]
 
+    def label_voxels(self, case: str) -> dict[int, int]:
+        counts = np.bincount(np.asarray(self.cases[case][1]).ravel().astype(np.int64))
+        return {k: int(c) for k, c in enumerate(counts) if c}
+
     def sample(self, case: str, *, rng: np.random.Generator, force_foreground: bool,
                augment: bool) -> tuple[np.ndarray, np.ndarray]:
         image, label = self.cases[case]

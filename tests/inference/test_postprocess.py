@@ -9,12 +9,17 @@ import torch
 from brainseg_cli.errors import ConfigError
 from brainseg_cli.inference.postprocess import (
     GROWTH_RADIUS,
+    agreed_min_volumes,
     apply_largest_component,
+    enclosing_labels,
     grow_regions,
     keep_largest_component,
     probabilities_to_labels,
     region_label_values,
+    remove_small_regions,
 )
+
+BRATS_REGIONS = [[1, 2, 3], [2, 3], [3]]   # WT, TC, ET in canonical labels
 
 
 def test_keep_largest_component_removes_islands():
@@ -159,3 +164,59 @@ def test_grow_regions_rejects_bad_thresholds(thresholds, message):
         grow_regions(labels, probs, regions=[[1, 2, 3], [2, 3], [3]], thresholds=thresholds)
     with pytest.raises(ConfigError, match=r"probabilities of shape \(3, 2\) for 3 regions and labels of shape \(3,\)"):
         grow_regions(np.zeros(3, np.uint8), probs, regions=[[1, 2, 3], [2, 3], [3]], thresholds=[0.3] * 3)
+
+
+def test_enclosing_labels_are_the_previous_regions_own_labels():
+    assert enclosing_labels(BRATS_REGIONS) == [0, 1, 2]
+
+
+def _tumour() -> np.ndarray:
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[2:18, 2:18, 2:18] = 1          # edema: 16^3 = 4096 voxels
+    labels[6:14, 6:14, 6:14] = 2          # core: 8^3 = 512
+    labels[9:11, 9:11, 9:11] = 3          # enhancing: 8 voxels
+    return labels
+
+
+def test_remove_small_regions_turns_a_small_enhancing_tumour_into_core():
+    labels = _tumour()
+    out = remove_small_regions(labels, regions=BRATS_REGIONS, min_volumes=[0, 0, 10.0], voxel_volume=1.0)
+    assert not (out == 3).any()
+    np.testing.assert_array_equal(out[labels == 3], 2)                  # the core keeps the voxels
+    np.testing.assert_array_equal(out[labels != 3], labels[labels != 3])
+    assert (labels == 3).sum() == 8                                      # the input is not modified
+    assert out.dtype == labels.dtype
+
+
+def test_remove_small_regions_measures_volume_in_mm3():
+    labels = _tumour()
+    kept = remove_small_regions(labels, regions=BRATS_REGIONS, min_volumes=[0, 0, 10.0], voxel_volume=2.0)  # 16 mm3
+    np.testing.assert_array_equal(kept, labels)
+    exact = remove_small_regions(labels, regions=BRATS_REGIONS, min_volumes=[0, 0, 8.0], voxel_volume=1.0)
+    np.testing.assert_array_equal(exact, labels)                         # strictly under the minimum only
+
+
+def test_remove_small_regions_takes_the_inner_regions_along_and_leaves_empty_ones():
+    labels = _tumour()
+    core = remove_small_regions(labels, regions=BRATS_REGIONS, min_volumes=[0, 600.0, 0], voxel_volume=1.0)
+    np.testing.assert_array_equal(core, (labels > 0).astype(np.uint8))   # the core and ET become edema
+    whole = remove_small_regions(labels, regions=BRATS_REGIONS, min_volumes=[5000.0, 0, 0], voxel_volume=1.0)
+    assert not whole.any()
+    empty = np.zeros_like(labels)
+    np.testing.assert_array_equal(remove_small_regions(empty, regions=BRATS_REGIONS, min_volumes=[1e9] * 3,
+                                                       voxel_volume=1.0), empty)
+
+
+@pytest.mark.parametrize("minimums, voxel, message", [
+    ([0, 0], 1.0, "2 values"), ([0, 0, -1.0], 1.0, ">= 0, got -1.0"), ([0, 0, float("nan")], 1.0, ">= 0, got nan"),
+    ([0, 0, "5"], 1.0, "got '5'"), ([0, 0, 5.0], 0.0, "positive number of mm³, got 0.0"),
+])
+def test_remove_small_regions_rejects_bad_values(minimums, voxel, message):
+    with pytest.raises(ConfigError, match=message):
+        remove_small_regions(_tumour(), regions=BRATS_REGIONS, min_volumes=minimums, voxel_volume=voxel)
+
+
+def test_agreed_min_volumes_removes_only_where_every_member_removes():
+    members = [{"WT": 100.0, "ET": 500.0}, {"WT": 300.0, "ET": 200.0}]
+    assert agreed_min_volumes(members, ["WT", "TC", "ET"]) == {"WT": 100.0, "TC": 0.0, "ET": 200.0}
+    assert agreed_min_volumes([], ["ET"]) == {"ET": 0.0}

@@ -194,19 +194,27 @@ def test_region_based_checkpoint(tmp_path):
     np.testing.assert_array_equal(labels_out, expected)
 
 
-def _with_thresholds(path, thresholds):
+def _with(path, key, value):
+    """The checkpoint at ``path`` with ``key`` set to ``value`` (rewritten in place)."""
     from brainseg_cli.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(path)
-    ckpt["region_thresholds"] = thresholds
+    ckpt[key] = value
     save_checkpoint(path, ckpt)
     return path
 
 
+#: A region-based BraTS-like checkpoint (``random_checkpoint`` options).
+BRATS_LIKE = dict(labels={"background": 0, "edema": 1, "core": 2, "enhancing": 3},
+                  regions={"WT": [1, 2, 3], "TC": [2, 3], "ET": [3]}, region_based=True, crop_to_brain=False)
+
+
+def _with_thresholds(path, thresholds):
+    return _with(path, "region_thresholds", thresholds)
+
+
 def test_region_thresholds_from_the_checkpoint(tmp_path):
-    regions = {"WT": [1, 2, 3], "TC": [2, 3], "ET": [3]}
-    labels = {"background": 0, "edema": 1, "core": 2, "enhancing": 3}
-    kwargs = dict(labels=labels, regions=regions, region_based=True, crop_to_brain=False)
+    kwargs = BRATS_LIKE
     a = _with_thresholds(random_checkpoint(tmp_path / "a.pt", **kwargs), {"WT": 0.3, "TC": 0.4})
     predictor = Predictor.from_checkpoints([a], device="cpu")
     assert predictor.thresholds() == {"WT": 0.3, "TC": 0.4, "ET": 0.5}   # ET not stored: 0.5
@@ -232,10 +240,44 @@ def test_region_thresholds_from_the_checkpoint(tmp_path):
     np.testing.assert_array_equal(ensemble.labels_from_probabilities(probs, lcc="off")[0, 0], [1, 1, 2, 3, 0, 0, 0, 0])
 
 
+def _with_min_volumes(path, volumes):
+    return _with(path, "region_min_volumes", volumes)
+
+
+def test_region_min_volumes_from_the_checkpoint(tmp_path):
+    kwargs = BRATS_LIKE
+    a = _with_min_volumes(random_checkpoint(tmp_path / "a.pt", **kwargs), {"ET": 3.0})
+    predictor = Predictor.from_checkpoints([a], device="cpu")
+    assert predictor.min_volumes() == {"WT": 0.0, "TC": 0.0, "ET": 3.0}   # not stored: never removed
+    probs = np.zeros((3, 1, 1, 8), np.float32)
+    probs[:, 0, 0, 1:6] = [[0.9], [0.9], [0.1]]
+    probs[:, 0, 0, 3] = 0.9                                             # one enhancing voxel
+    np.testing.assert_array_equal(predictor.labels_from_probabilities(probs, lcc="off")[0, 0], [0, 2, 2, 2, 2, 2, 0, 0])
+    # the volume is measured with the given spacing: 1 voxel of 4 mm3 is over the 3 mm3 minimum
+    kept = predictor.labels_from_probabilities(probs, lcc="off", spacing=(1.0, 2.0, 2.0))
+    np.testing.assert_array_equal(kept[0, 0], [0, 2, 2, 3, 2, 2, 0, 0])
+    # an ensemble removes a region only under the smallest of its members' minimums
+    b = _with_min_volumes(random_checkpoint(tmp_path / "b.pt", seed=1, **kwargs), {"ET": 0.5, "WT": 100.0})
+    assert Predictor.from_checkpoints([a, b], device="cpu").min_volumes() == {"WT": 0.0, "TC": 0.0, "ET": 0.5}
+    np.testing.assert_array_equal(Predictor.from_checkpoints([a, b], device="cpu").labels_from_probabilities(
+        probs, lcc="off")[0, 0], [0, 2, 2, 3, 2, 2, 0, 0])
+
+
+@pytest.mark.parametrize("volumes, message", [
+    ({"XX": 5.0}, "region_min_volumes names 'XX', which is not one of its regions"),
+    ({"ET": -1.0}, "region_min_volumes: a minimum volume must be a finite number of mm³ >= 0, got -1.0"),
+    ([5.0], "region_min_volumes is a list, not a dict"),
+])
+def test_bad_region_min_volumes_are_refused(tmp_path, volumes, message):
+    from brainseg_cli.errors import CheckpointError
+
+    path = _with_min_volumes(random_checkpoint(tmp_path / "a.pt", **BRATS_LIKE), volumes)
+    with pytest.raises(CheckpointError, match=message):
+        Predictor.from_checkpoints([path], device="cpu")
+
+
 def test_ensemble_applies_the_largest_component_decisions_all_members_made(tmp_path):
-    regions = {"WT": [1, 2, 3], "TC": [2, 3], "ET": [3]}
-    labels = {"background": 0, "edema": 1, "core": 2, "enhancing": 3}
-    kwargs = dict(labels=labels, regions=regions, region_based=True, crop_to_brain=False)
+    kwargs = BRATS_LIKE
     a = random_checkpoint(tmp_path / "a.pt", postprocessing={"WT": {"largest_component": True},
                                                               "ET": {"largest_component": True}}, **kwargs)
     b = random_checkpoint(tmp_path / "b.pt", seed=1, postprocessing={"ET": {"largest_component": True},

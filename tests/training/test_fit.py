@@ -154,6 +154,9 @@ def test_region_thresholds_decided_per_checkpoint_on_its_own_probabilities(tmp_p
             np.testing.assert_array_equal(own[case], probabilities[case])
     assert load_checkpoint(result.best_checkpoint)["region_thresholds"] == result.region_thresholds
     assert "region_thresholds" in load_checkpoint(result.last_checkpoint)
+    for path in (result.best_checkpoint, result.last_checkpoint):
+        assert list(load_checkpoint(path)["region_min_volumes"]) == ["whole", "core"]
+    assert load_checkpoint(result.best_checkpoint)["region_min_volumes"] == result.region_min_volumes
 
 
 def test_region_thresholds_decided_after_a_resume(tmp_path):

@@ -11,8 +11,10 @@ from torch import nn
 from brainseg_cli.errors import ConfigError
 from brainseg_cli.training.validation import (
     case_dice,
+    decide_min_volumes,
     decide_postprocessing,
     decide_region_thresholds,
+    min_volume_caps,
     probabilities_to_logits,
     validate,
     validation_entities,
@@ -212,3 +214,74 @@ def test_validate_keeps_probabilities_when_asked():
     assert kept.probabilities["a"].shape == (1, 8, 8, 8) and kept.probabilities["a"].dtype == np.float16
     assert (kept.probabilities["a"][0][label == 1] > 0.99).all()
     assert validate(Oracle(regions=[[1]]), cases, plan=plan, entities=regions).probabilities == {}
+
+
+BRATS = {"WT": [1, 2, 3], "TC": [2, 3], "ET": [3]}
+
+
+def _glioma(*, enhancing: bool, fp_voxels: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(prediction, reference): a tumour whose core is found exactly; the reference holds an enhancing
+    tumour of 27 voxels or none; the prediction finds it (when there) and adds ``fp_voxels`` stray ET voxels."""
+    ref = np.zeros((20, 20, 20), np.uint8)
+    ref[2:18, 2:18, 2:18] = 1
+    ref[6:14, 6:14, 6:14] = 2
+    if enhancing:
+        ref[8:11, 8:11, 8:11] = 3
+    pred = ref.copy()
+    pred.reshape(-1)[np.flatnonzero(pred.reshape(-1) == 2)[:fp_voxels]] = 3
+    return pred, ref
+
+
+def test_min_volume_removes_stray_enhancing_voxels_of_a_case_without_enhancing_tumour():
+    pred, ref = _glioma(enhancing=False, fp_voxels=5)
+    decision = decide_min_volumes({"lgg": pred}, {"lgg": ref}, regions=BRATS, voxel_volume=1.0,
+                                  caps={"WT": 10.0, "TC": 10.0, "ET": 800.0})
+    assert decision.min_volumes == {"WT": 0.0, "TC": 0.0, "ET": 750.0}   # the largest candidate under the cap
+    assert decision.dice_before["ET"] == 0.0 and decision.dice_after["ET"] == 1.0
+    assert decision.dice_after["TC"] == decision.dice_before["TC"] == 1.0
+
+
+def test_min_volume_stops_under_a_validation_case_with_a_small_enhancing_tumour():
+    small, small_ref = _glioma(enhancing=True)            # 27 voxels of ET, found: 8 mm3 voxels -> 216 mm3
+    lgg, lgg_ref = _glioma(enhancing=False, fp_voxels=5)
+    decision = decide_min_volumes({"hgg": small, "lgg": lgg}, {"hgg": small_ref, "lgg": lgg_ref}, regions=BRATS,
+                                  voxel_volume=8.0, caps={"ET": 1000.0})
+    assert decision.min_volumes["ET"] == 200.0           # 300 would remove the small, correct enhancing tumour
+    trials = decision.trials["ET"]
+    assert trials[50.0] == trials[200.0] > trials[0.0] and trials[300.0] < trials[200.0]
+    assert decision.dice_after["ET"] == 1.0 and decision.dice_before["ET"] == 0.5
+    assert decision.caps == {"WT": 0.0, "TC": 0.0, "ET": 1000.0}
+
+
+def test_min_volume_stays_off_without_cases_or_cap():
+    pred, ref = _glioma(enhancing=False, fp_voxels=5)
+    assert decide_min_volumes({}, {}, regions=BRATS, voxel_volume=1.0, caps={"ET": 1e6}).min_volumes == \
+        {"WT": 0.0, "TC": 0.0, "ET": 0.0}
+    assert decide_min_volumes({"a": pred}, {"a": ref}, regions=BRATS, voxel_volume=1.0, caps={}).min_volumes["ET"] == 0.0
+    with pytest.raises(ConfigError, match="no reference label map for validation case 'a'"):
+        decide_min_volumes({"a": pred}, {}, regions=BRATS, voxel_volume=1.0, caps={})
+    with pytest.raises(ConfigError, match=r"prediction of shape \(20, 20, 20\) and a reference of shape \(20, 20\)"):
+        decide_min_volumes({"a": pred}, {"a": ref[0]}, regions=BRATS, voxel_volume=1.0, caps={})
+    with pytest.raises(ConfigError, match=">= 0, got -5"):
+        decide_min_volumes({"a": pred}, {"a": ref}, regions=BRATS, voxel_volume=1.0, caps={}, candidates=(-5,))
+
+
+def test_min_volume_caps_from_the_training_volumes():
+    caps = min_volume_caps({"ET": [0.0, 1000.0, 2000.0, 3000.0], "TC": [0.0, 0.0], "WT": [4000.0]})
+    assert caps["ET"] == pytest.approx(0.25 * (1000.0 + 0.2 * 1000.0))   # 10th percentile of the non-zero ones
+    assert caps["TC"] == 0.0 and caps["WT"] == 1000.0
+
+
+def test_min_volume_takes_the_highest_mean_dice_even_when_one_case_loses():
+    """nnU-Net's rule: two cases without enhancing tumour (512 mm3 of stray ET each) gain more than the
+    small enhancing tumour (216 mm3) loses."""
+    small, small_ref = _glioma(enhancing=True)
+    cases = {"hgg": (small, small_ref)}
+    for k in range(2):
+        cases[f"lgg{k}"] = _glioma(enhancing=False, fp_voxels=64)
+    decision = decide_min_volumes({c: p for c, (p, _) in cases.items()}, {c: r for c, (_, r) in cases.items()},
+                                  regions=BRATS, voxel_volume=8.0, caps={"ET": 1000.0})
+    assert decision.min_volumes["ET"] == 1000.0           # 750 and 1000 tie: the largest
+    trials = decision.trials["ET"]        # mean over WT, TC, ET; WT and TC stay 1
+    assert trials[500.0] < trials[200.0] == trials[0.0] < trials[750.0] == trials[1000.0]
+    assert decision.dice_before["ET"] == pytest.approx(1 / 3) and decision.dice_after["ET"] == pytest.approx(2 / 3)
