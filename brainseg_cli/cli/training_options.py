@@ -257,7 +257,7 @@ def print_train_summary(result: Any, *, command: str | None = None, inputs: Mapp
         table.add_row(f"  Dice {name}", f"{value:.4f}")
     on = [name for name, d in result.postprocessing.items() if d.get("largest_component")]
     table.add_row("post-processing", "largest component for " + ", ".join(on) if on else "none")
-    minimums = {name: v for name, v in (getattr(result, "region_min_volumes", None) or {}).items() if v}
+    minimums = {name: v for name, v in result.region_min_volumes.items() if v}
     if minimums:
         table.add_row("minimum volumes", ", ".join(f"{name} {v:g} mm³" for name, v in minimums.items()))
     if getattr(result, "bundle", None) is not None:

@@ -342,26 +342,49 @@ def decide_region_thresholds(
                               references[c], regions) for c in cases]
         return mean_dice(per_case, names)
 
-    cuts = [REGION_THRESHOLD] * len(names)
-    before = score(cuts)
+    cuts, before, current, trials = _greedy_per_region(
+        names, start=REGION_THRESHOLD, candidates=lambda name: ordered, score=score,
+        takes=lambda new, best: new > best + MIN_GAIN, search=bool(cases))
+    trials = {name: dict(sorted(tried.items())) for name, tried in trials.items()}
+    for i, name in enumerate(trials):
+        logger.info("region threshold of '%s': %.2f (mean validation Dice %s)", name, cuts[i],
+                    ", ".join(f"{t:.1f}: {d:.4f}" for t, d in trials[name].items()))
+    return ThresholdDecision(thresholds=dict(zip(names, cuts)), dice_before=before, dice_after=current, trials=trials)
+
+
+def _greedy_per_region(
+    names: Sequence[str], *, start: float, candidates: Callable[[str], Iterable[float]],
+    score: Callable[[Sequence[float]], dict[str, float]], takes: Callable[[float, float], bool], search: bool = True,
+) -> tuple[list[float], dict[str, float], dict[str, float], dict[str, dict[float, float]]]:
+    """One value per region, decided in output order with the earlier regions at their chosen values.
+
+    Every region starts at ``start``; each candidate of ``candidates(name)`` is scored with the others
+    fixed and replaces the current value when ``takes(its mean foreground Dice, the best so far)``.
+
+    Args:
+        score: values (one per region) -> per-entity mean Dice over the validation cases.
+        search: False (no validation cases): every region keeps ``start``, nothing is tried.
+
+    Returns:
+        ``(values, Dice at the start, Dice at the chosen values, {region: {value: mean Dice}})``.
+    """
+    chosen = [start] * len(names)
+    before = score(chosen)
     current = dict(before)
     trials: dict[str, dict[float, float]] = {}
-    if cases:
-        for i, name in enumerate(names):
-            best_mean = float(np.mean(list(current.values())))
-            tried: dict[float, float] = {REGION_THRESHOLD: best_mean}  # region i is still at 0.5
-            for cand in ordered:
-                if cand in tried:
-                    continue
-                trial_cuts = [*cuts[:i], cand, *cuts[i + 1:]]
-                result = score(trial_cuts)
-                tried[cand] = float(np.mean(list(result.values())))
-                if tried[cand] > best_mean + MIN_GAIN:
-                    best_mean, cuts, current = tried[cand], trial_cuts, result
-            trials[name] = dict(sorted(tried.items()))
-            logger.info("region threshold of '%s': %.2f (mean validation Dice %s)", name, cuts[i],
-                        ", ".join(f"{t:.1f}: {d:.4f}" for t, d in sorted(tried.items())))
-    return ThresholdDecision(thresholds=dict(zip(names, cuts)), dice_before=before, dice_after=current, trials=trials)
+    for i, name in enumerate(names if search else ()):
+        best = float(np.mean(list(current.values())))
+        tried = {float(start): best}
+        for cand in candidates(name):
+            if cand in tried:
+                continue
+            trial = [*chosen[:i], cand, *chosen[i + 1:]]
+            result = score(trial)
+            tried[cand] = float(np.mean(list(result.values())))
+            if takes(tried[cand], best):
+                best, chosen, current = max(best, tried[cand]), trial, result
+        trials[name] = tried
+    return chosen, before, current, trials
 
 
 def min_volume_caps(volumes: Mapping[str, Sequence[float]]) -> dict[str, float]:
@@ -442,31 +465,17 @@ def decide_min_volumes(
             raise ConfigError(f"minimum volume decision: case '{case}' has a prediction of shape "
                               f"{predictions[case].shape} and a reference of shape {references[case].shape}")
 
-    def per_case(minimums: Sequence[float]) -> list[dict[str, float]]:
-        return [case_dice(remove_small_regions(predictions[c], regions=region_lists, min_volumes=minimums,
-                                               voxel_volume=voxel_volume), references[c], regions) for c in cases]
-
     def score(minimums: Sequence[float]) -> dict[str, float]:
-        return mean_dice(per_case(minimums), names)
+        return mean_dice([case_dice(remove_small_regions(predictions[c], regions=region_lists, min_volumes=minimums,
+                                                         voxel_volume=voxel_volume), references[c], regions)
+                          for c in cases], names)
 
-    chosen = [0.0] * len(names)
-    before = score(chosen)
-    current = dict(before)
-    trials: dict[str, dict[float, float]] = {}
-    if cases:
-        for i, name in enumerate(names):
-            cap = float(caps.get(name, 0.0))
-            best = float(np.mean(list(current.values())))
-            tried = {0.0: best}
-            for cand in (c for c in ordered if c <= cap):
-                trial_minimums = [*chosen[:i], cand, *chosen[i + 1:]]
-                result = score(trial_minimums)
-                tried[cand] = float(np.mean(list(result.values())))
-                if tried[cand] >= best - 1e-12:
-                    best, chosen, current = max(best, tried[cand]), trial_minimums, result
-            trials[name] = tried
-            logger.info("minimum volume of '%s': %g mm3 (cap %.0f mm3; mean validation Dice %s)", name, chosen[i], cap,
-                        ", ".join(f"{t:g}: {d:.4f}" for t, d in tried.items()))
+    chosen, before, current, trials = _greedy_per_region(
+        names, start=0.0, candidates=lambda name: [c for c in ordered if c <= float(caps.get(name, 0.0))],
+        score=score, takes=lambda new, best: new >= best - 1e-12, search=bool(cases))
+    for i, name in enumerate(trials):
+        logger.info("minimum volume of '%s': %g mm3 (cap %.0f mm3; mean validation Dice %s)", name, chosen[i],
+                    float(caps.get(name, 0.0)), ", ".join(f"{t:g}: {d:.4f}" for t, d in trials[name].items()))
     return MinVolumeDecision(min_volumes=dict(zip(names, chosen)), caps={n: float(caps.get(n, 0.0)) for n in names},
                              dice_before=before, dice_after=current, trials=trials)
 
