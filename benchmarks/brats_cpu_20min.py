@@ -174,6 +174,7 @@ def read_training(run: Path) -> dict:
         "batch_dice": bool((plan.get("loss") or {}).get("batch_dice", False)),
         "augment_preset": train_cfg.get("augment_preset", "default") if train_cfg.get("augment", True) else "off",
         "ema": train_cfg.get("ema"),
+        "precision": (config.get("runtime") or {}).get("precision"),
         "decided": {name: checkpoint_decisions(run / f"{name}.pt") for name in ("best", "last")},
     }
 

@@ -25,9 +25,10 @@ again, so an interrupted cross-validation continues where it stopped.
     python benchmarks/brats_cv.py --aggregate OUT [--seeds 0 1] [--label TEXT]  # tables from finished runs only
     python benchmarks/brats_cv.py --readme RESULTS.json [README.md]     # the README table from a results file
 
-The README's cross-validation table is generated from ``benchmarks/results/brats_cv.json`` by the last
-form (between the ``<!-- brats_cv:begin -->`` and ``<!-- brats_cv:end -->`` markers); a test checks
-that the README matches the results file.
+The README's cross-validation tables are generated from the results files by the last form: a file
+``benchmarks/results/NAME.json`` fills the block between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->``
+(``brats_cv.json``: the headline table; ``brats_cv_fp32.json``: the same protocol on a CPU without
+native bf16); a test checks that the README matches every results file.
 """
 
 from __future__ import annotations
@@ -64,6 +65,38 @@ RESULTS = HERE / "results" / "brats_cv.json"
 ENSEMBLE_RESULTS = HERE / "results" / "brats_ensemble.json"
 BEGIN = "<!-- brats_cv:begin -->"
 END = "<!-- brats_cv:end -->"
+#: Wording of ``pretrain --precision auto`` in the README block.
+AUTO_PRECISION = "bf16 autocast where the CPU has native bf16, else fp32"
+
+
+def markers(results: Path) -> tuple[str, str]:
+    """The README markers a results file fills: ``<!-- STEM:begin -->``, ``<!-- STEM:end -->``."""
+    return f"<!-- {results.stem}:begin -->", f"<!-- {results.stem}:end -->"
+
+
+def machine() -> dict:
+    """What the record says about this machine: cores, architecture, CPU model, native bf16."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    from brainseg_cli.training.config import cpu_supports_bf16
+
+    return {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(), "cpu": cpu,
+            "native_bf16": cpu_supports_bf16()}
+
+
+def run_precision(res: dict, run: Path) -> str | None:
+    """The precision a brainseg run trained in: its results' ``training.precision``, else (results written
+    before that key) its run folder's ``config.json``; None for MONAI runs or when neither says."""
+    precision = (res.get("training") or {}).get("precision")
+    config = run / "run" / "config.json"
+    if precision is None and config.is_file():
+        precision = (json.loads(config.read_text()).get("runtime") or {}).get("precision")
+    return precision
 
 
 def cv_folds(cases: tuple[str, ...] | list[str] = CASES, folds: int = DEFAULT_FOLDS) -> list[list[str]]:
@@ -179,7 +212,7 @@ def collect(out: Path, *, folds: list[list[str]], seeds: list[int], systems: tup
         },
         "folds": [{"fold": k, "held_out": list(h)} for k, h in enumerate(folds)],
         "systems": {},
-        "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+        "machine": machine(),
     }
     cases = [c for held in folds for c in held]
     minutes = set()
@@ -196,6 +229,9 @@ def collect(out: Path, *, folds: list[list[str]], seeds: list[int], systems: tup
                 runs.append({"fold": k, "steps": int(res["steps"]), "seconds_per_step": float(res["seconds_per_step"]),
                              "load_start": res.get("load_start"), "load_end": res.get("load_end"),
                              "mean": region_means(_scores(res["scores"], held), held)})
+                precision = run_precision(res, run_dir(out, system, k, seed)) if system == "brainseg" else None
+                if precision is not None:
+                    runs[-1]["precision"] = precision
                 for name, other in (res.get("others") or {}).items():
                     variants.setdefault(name, {}).update(_scores(other["scores"], held))
             entry = {"runs": runs, "scores": scores, "mean": region_means(scores, cases)}
@@ -321,22 +357,40 @@ def ensemble_matches(record: dict, ensemble: dict) -> bool:
     return bool(ensemble.get("single"))
 
 
-def readme_block(record: dict, ensemble: dict | None = None) -> str:
-    """What the README shows between the markers: the command, the conditions, the table and (given
-    ``benchmarks/brats_ensemble.py``'s results of the same models, :func:`ensemble_matches`) the seed
-    ensemble's line."""
+def machine_words(record: dict) -> str:
+    """``"a 2-core AMD EPYC CPU without native bf16"``, or ``"this 2-core CPU"`` for records written
+    before the CPU model was stored."""
+    m = record.get("machine") or {}
+    if not m.get("cpu"):
+        return f"this {m.get('cpu_count', 2)}-core CPU"
+    bf16 = "with native bf16" if m.get("native_bf16") else "without native bf16 (no AVX512-BF16/AMX)"
+    return f"a {m['cpu_count']}-core {m['cpu']} CPU {bf16}"
+
+
+def precision_words(record: dict) -> str:
+    """How brainseg's runs trained: ``--precision auto`` and, where the runs say, what it chose."""
+    chosen = sorted({run["precision"] for e in record["systems"].get("brainseg", {}).get("by_seed", {}).values()
+                     for run in e["runs"] if run.get("precision")})
+    return AUTO_PRECISION + (f" (here: {' and '.join(chosen)})" if chosen else "")
+
+
+def readme_block(record: dict, ensemble: dict | None = None, results: Path = RESULTS) -> str:
+    """What the README shows between the markers of ``results`` (:func:`markers`): the command, the
+    conditions, the table and (given ``benchmarks/brats_ensemble.py``'s results of the same models,
+    :func:`ensemble_matches`) the seed ensemble's line."""
     p = record["protocol"]
+    begin, end = markers(results)
     loads = [run["load_start"][0] for s in record["systems"].values() for e in s["by_seed"].values()
              for run in e["runs"] if run.get("load_start")]
     lines = [
-        BEGIN,
+        begin,
         f"{p['folds']}-fold cross-validation over the {len(p['cases'])} cases, {p['minutes']:g} minutes of training per "
-        f"fold and system on this 2-core CPU, seeds {', '.join(map(str, p['seeds']))} (`python benchmarks/brats_cv.py "
-        f"-o OUT --seeds {' '.join(map(str, p['seeds']))}`; table: `python benchmarks/brats_cv.py --readme "
-        "benchmarks/results/brats_cv.json`). "
+        f"fold and system on {machine_words(record)}, seeds {', '.join(map(str, p['seeds']))} (`python "
+        f"benchmarks/brats_cv.py -o OUT --seeds {' '.join(map(str, p['seeds']))}`; table: `python benchmarks/brats_cv.py "
+        f"--readme benchmarks/results/{results.name}`). "
         "brainseg: `pretrain` with its defaults (the CPU plan: a 2-D U-Net with region-based WT/TC/ET outputs, "
-        "bf16, a moving average of the weights; region growing and largest-component decided on one validation "
-        "case of each fold's training cases), "
+        f"{precision_words(record)}, a moving average of the weights; region growing and largest-component "
+        "decided on one validation case of each fold's training cases), "
         "`predict --tta`; MONAI: the plain 2-D U-Net of `benchmarks/monai_baseline_20min.py` (channels 32-512, "
         "DiceCE, Adam, final weights). Mean Dice and HD95 (mm) over each fold's held-out cases"
         + (f"; load average at the start of the runs {min(loads):g}-{max(loads):g}" if loads else "") + ".",
@@ -350,7 +404,7 @@ def readme_block(record: dict, ensemble: dict | None = None) -> str:
         lines += ["", ensemble_line(ensemble)]
     if p.get("label"):
         lines += ["", p["label"]]
-    lines.append(END)
+    lines.append(end)
     return "\n".join(lines)
 
 
@@ -359,9 +413,9 @@ def read_ensemble(path: Path = ENSEMBLE_RESULTS) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def write_readme(readme: Path, record: dict) -> bool:
-    """Replace the block between the markers in ``readme``; True when the file changed."""
-    return write_block(readme, BEGIN, END, readme_block(record, read_ensemble()))
+def write_readme(readme: Path, record: dict, results: Path = RESULTS) -> bool:
+    """Replace the block between ``results``' markers in ``readme``; True when the file changed."""
+    return write_block(readme, *markers(results), readme_block(record, read_ensemble(), results))
 
 
 def write_record(out: Path, record: dict) -> None:
@@ -393,7 +447,7 @@ def main() -> None:
     if args.readme:
         results = args.readme[0]
         readme = args.readme[1] if len(args.readme) > 1 else REPO / "README.md"
-        changed = write_readme(readme, read_results(results))
+        changed = write_readme(readme, read_results(results), results)
         print(f"{readme}: {'updated' if changed else 'already up to date'}")
         return
     folds = cv_folds(CASES, args.folds)

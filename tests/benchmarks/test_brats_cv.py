@@ -127,8 +127,42 @@ def test_nan_scores_are_left_out_of_means():
     assert means["WT"]["dice"] == pytest.approx(0.6) and means["WT"]["hd95"] == 4.0
 
 
-def test_the_readme_table_is_the_one_generated_from_the_results_file():
-    if not cv.RESULTS.is_file():
-        pytest.skip(f"{cv.RESULTS} not written yet")
-    record = json.loads(cv.RESULTS.read_text())
-    assert cv.readme_block(record, cv.read_ensemble()) in (REPO / "README.md").read_text()
+def test_each_results_file_fills_its_own_block_and_says_machine_and_precision(tmp_path):
+    folds = cv.cv_folds()
+    for k, held in enumerate(folds):
+        _write_run(tmp_path, "brainseg", k, held, {"WT": 0.9, "TC": 0.8, "ET": 0.7}, 3000)
+        run = cv.run_dir(tmp_path, "brainseg", k, 0) / "run"
+        run.mkdir()                                    # results written before training.precision: the run's config
+        (run / "config.json").write_text(json.dumps({"runtime": {"precision": "fp32"}}))
+        _write_run(tmp_path, "monai", k, held, {"WT": 0.8, "TC": 0.7, "ET": 0.6}, 2000)
+    record = cv.collect(tmp_path, folds=folds, seeds=[0])
+    assert [r["precision"] for r in record["systems"]["brainseg"]["by_seed"]["0"]["runs"]] == ["fp32"] * 3
+    assert all("precision" not in r for r in record["systems"]["monai"]["by_seed"]["0"]["runs"])
+    record["machine"] = {"cpu_count": 2, "processor": "x86_64", "cpu": "AMD EPYC", "native_bf16": False}
+    fp32 = tmp_path / "brats_cv_fp32.json"
+    assert cv.markers(fp32) == ("<!-- brats_cv_fp32:begin -->", "<!-- brats_cv_fp32:end -->")
+    block = cv.readme_block(record, results=fp32)
+    assert block.startswith("<!-- brats_cv_fp32:begin -->\n") and block.endswith("\n<!-- brats_cv_fp32:end -->")
+    assert "on a 2-core AMD EPYC CPU without native bf16" in block
+    assert "--readme benchmarks/results/brats_cv_fp32.json" in block and "else fp32 (here: fp32)" in block
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{cv.BEGIN}\nheadline\n{cv.END}\nmiddle\n<!-- brats_cv_fp32:begin -->\nold\n"
+                      "<!-- brats_cv_fp32:end -->\n")
+    assert cv.write_readme(readme, record, fp32) is True
+    text = readme.read_text()
+    assert text.startswith(f"{cv.BEGIN}\nheadline\n{cv.END}\nmiddle\n") and "\nold\n" not in text and block in text
+    # a record without the CPU model (written before it was stored) keeps the older wording
+    del record["machine"]["cpu"]
+    assert "on this 2-core CPU" in cv.readme_block(record)
+    with pytest.raises(SystemExit, match="has no <!-- other:begin -->"):
+        cv.write_readme(readme, record, tmp_path / "other.json")
+
+
+@pytest.mark.parametrize("results", sorted((REPO / "benchmarks" / "results").glob("brats_cv*.json")), ids=lambda p: p.name)
+def test_the_readme_tables_are_the_ones_generated_from_the_results_files(results):
+    record = json.loads(results.read_text())
+    assert cv.readme_block(record, cv.read_ensemble(), results) in (REPO / "README.md").read_text()
+
+
+def test_the_headline_results_file_exists():
+    assert cv.RESULTS.is_file()
