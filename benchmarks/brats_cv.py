@@ -50,6 +50,7 @@ from brats_cpu_20min import CASES, DATA, REGIONS, REPO, fmt, load  # noqa: E402
 from readme_tables import read_results, write_block  # noqa: E402
 
 sys.path.insert(0, str(REPO))
+from brainseg_cli.training.config import cpu_supports_bf16  # noqa: E402
 from brainseg_cli.training.splits import kfold_splits  # noqa: E402
 
 #: The systems compared, in table order.
@@ -75,17 +76,13 @@ def markers(results: Path) -> tuple[str, str]:
 
 
 def machine() -> dict:
-    """What the record says about this machine: cores, architecture, CPU model, native bf16."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    from brainseg_cli.training.config import cpu_supports_bf16
-
-    return {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(), "cpu": cpu,
+    """What the record says about this machine: cores, architecture, CPU model (``/proc/cpuinfo``'s first
+    ``model name``, else the architecture), native bf16."""
+    arch = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
+             if line.startswith("model name")]
+    return {"cpu_count": os.cpu_count(), "processor": arch, "cpu": names[0] if names else arch,
             "native_bf16": cpu_supports_bf16()}
 
 
