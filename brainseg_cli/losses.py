@@ -11,7 +11,9 @@ Two output conventions (the plan decides which):
 
 Soft Dice per channel is ``(2 * sum(p * t) + eps) / (sum(p) + sum(t) + eps)`` over the spatial
 axes of each sample (``batch_dice=False``) or over the batch and spatial axes together
-(``batch_dice=True``); the loss is ``1 - mean`` over channels (and samples). This is MONAI's
+(``batch_dice=True``); the loss is ``1 - mean`` over channels (and samples), or a weighted mean
+over channels when ``channel_weights`` are given (each weight divided by their sum, so the loss keeps
+its scale; the cross-entropy of sigmoid outputs is weighted the same way per channel). This is MONAI's
 ``DiceLoss`` with ``smooth_nr = smooth_dr = eps``, and nnU-Net's ``SoftDiceLoss`` up to the sign.
 With an empty target channel the Dice is ``eps / (sum(p) + eps)``, so predicting nothing there
 scores (almost) 1. Losses are computed in float32 even under autocast.
@@ -121,6 +123,9 @@ class SoftDiceLoss(nn.Module):
         batch_dice: one Dice per channel over the whole batch instead of per sample (nnU-Net's
             ``batch_dice``; MONAI's ``batch=True``).
         smooth: epsilon added to Dice numerator and denominator.
+        channel_weights: one weight >= 0 per output channel (after ``include_background`` drops
+            channel 0), at least one > 0, or ``None`` for the plain mean; the channel count is
+            checked against the logits in ``forward``.
     """
 
     loss_name = "dice"
@@ -132,6 +137,7 @@ class SoftDiceLoss(nn.Module):
         include_background: bool = True,
         batch_dice: bool = False,
         smooth: float = 1e-5,
+        channel_weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         name = self.loss_name
@@ -146,6 +152,27 @@ class SoftDiceLoss(nn.Module):
         self.include_background = include_background
         self.batch_dice = batch_dice
         self.smooth = float(smooth)
+        self.channel_weights: tuple[float, ...] | None = None
+        if channel_weights is not None:
+            weights = tuple(float(w) for w in channel_weights)
+            if not weights or any(not (w >= 0.0 and w < float("inf")) for w in weights) or sum(weights) <= 0:
+                raise ConfigError(
+                    f"loss '{name}': channel_weights must be finite numbers >= 0 with a positive sum, "
+                    f"got {list(channel_weights)!r}"
+                )
+            self.channel_weights = weights
+
+    def _channel_mean(self, values: torch.Tensor) -> torch.Tensor:
+        """Mean of ``values (..., K)`` over the last axis (weighted by ``channel_weights``) and the rest."""
+        if self.channel_weights is None:
+            return values.mean()
+        if values.shape[-1] != len(self.channel_weights):
+            raise InputError(
+                f"loss '{self.loss_name}': {len(self.channel_weights)} channel weights for {values.shape[-1]} "
+                "output channels"
+            )
+        weights = values.new_tensor(self.channel_weights)
+        return (values * (weights / weights.sum())).sum(-1).mean()
 
     def dice_term(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``1 - mean Dice`` for prepared float logits and target (labels or masks)."""
@@ -156,7 +183,7 @@ class SoftDiceLoss(nn.Module):
                 probs, masks = probs[:, 1:], masks[:, 1:]
         else:
             probs, masks = torch.sigmoid(logits), target
-        return 1.0 - soft_dice(probs, masks, batch_dice=self.batch_dice, smooth=self.smooth).mean()
+        return 1.0 - self._channel_mean(soft_dice(probs, masks, batch_dice=self.batch_dice, smooth=self.smooth))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Args: ``logits (B, K, *spatial)``, ``target`` as in the module docstring. Returns a scalar."""
@@ -175,6 +202,8 @@ class DiceCELoss(SoftDiceLoss):
         activation, include_background, batch_dice, smooth: as :class:`SoftDiceLoss`.
         weight_dice: weight of the Dice term (0.5 by default; nnU-Net uses 1).
         weight_ce: weight of the cross-entropy term (0.5 by default; nnU-Net uses 1).
+        channel_weights: as :class:`SoftDiceLoss`; sigmoid outputs also weight their per-channel
+            binary cross-entropy (softmax cross-entropy stays unweighted).
     """
 
     loss_name = "dice-ce"
@@ -188,9 +217,11 @@ class DiceCELoss(SoftDiceLoss):
         smooth: float = 1e-5,
         weight_dice: float = 0.5,
         weight_ce: float = 0.5,
+        channel_weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__(
-            activation=activation, include_background=include_background, batch_dice=batch_dice, smooth=smooth
+            activation=activation, include_background=include_background, batch_dice=batch_dice, smooth=smooth,
+            channel_weights=channel_weights,
         )
         if weight_dice < 0 or weight_ce < 0:
             raise ConfigError(
@@ -204,8 +235,11 @@ class DiceCELoss(SoftDiceLoss):
         logits, target = _prepare(logits, target, self.activation)
         if self.activation == "softmax":
             ce = F.cross_entropy(logits, target)
-        else:
+        elif self.channel_weights is None:
             ce = F.binary_cross_entropy_with_logits(logits, target)
+        else:
+            per_voxel = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+            ce = self._channel_mean(per_voxel.movedim(1, -1))
         return self.weight_dice * self.dice_term(logits, target) + self.weight_ce * ce
 
 
@@ -217,7 +251,7 @@ class BCEDiceLoss(DiceCELoss):
 
     Args:
         activation: must be ``"sigmoid"``.
-        batch_dice, smooth, weight_dice, weight_ce: as :class:`DiceCELoss`.
+        batch_dice, smooth, weight_dice, weight_ce, channel_weights: as :class:`DiceCELoss`.
     """
 
     loss_name = "bce-dice"
@@ -230,11 +264,13 @@ class BCEDiceLoss(DiceCELoss):
         smooth: float = 1e-5,
         weight_dice: float = 0.5,
         weight_ce: float = 0.5,
+        channel_weights: Sequence[float] | None = None,
     ) -> None:
         if activation != "sigmoid":
             raise ConfigError(f"loss 'bce-dice' needs sigmoid outputs, got activation={activation!r}; use 'dice-ce'")
         super().__init__(
-            activation="sigmoid", batch_dice=batch_dice, smooth=smooth, weight_dice=weight_dice, weight_ce=weight_ce
+            activation="sigmoid", batch_dice=batch_dice, smooth=smooth, weight_dice=weight_dice, weight_ce=weight_ce,
+            channel_weights=channel_weights,
         )
 
 
@@ -250,7 +286,7 @@ def build_loss(name: str, **options: Any) -> nn.Module:
     Args:
         name: ``"dice"``, ``"dice-ce"`` or ``"bce-dice"``.
         **options: the class's keyword arguments (``activation``, ``include_background``,
-            ``batch_dice``, ``smooth``, ``weight_dice``, ``weight_ce`` where they apply).
+            ``batch_dice``, ``smooth``, ``weight_dice``, ``weight_ce``, ``channel_weights`` where they apply).
 
     Returns:
         The loss module: ``loss(logits, target) -> scalar``.

@@ -19,6 +19,7 @@ from brainseg_cli.losses import (
     downsample_target,
     labels_to_regions,
     one_hot,
+    soft_dice,
 )
 
 monai_losses = pytest.importorskip("monai.losses")
@@ -249,3 +250,31 @@ def test_shape_and_label_errors() -> None:
         loss(torch.randn(1, 1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long))
     with pytest.raises(InputError, match="must equal the logits shape"):
         SoftDiceLoss(activation="sigmoid")(torch.randn(1, 3, 4, 4), torch.zeros(1, 4, 4))
+
+
+def test_channel_weights_weigh_dice_and_bce_per_channel() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 6, 6)
+    target = (torch.rand(2, 3, 6, 6) > 0.6).float()
+    plain = DiceCELoss(activation="sigmoid")(logits, target)
+    # Equal weights (any scale) are the plain mean: the loss keeps its scale.
+    assert torch.isclose(DiceCELoss(activation="sigmoid", channel_weights=[2, 2, 2])(logits, target), plain)
+    # All weight on one channel is that channel's loss alone.
+    only_second = DiceCELoss(activation="sigmoid", channel_weights=[0, 1, 0])(logits, target)
+    assert torch.isclose(only_second, DiceCELoss(activation="sigmoid")(logits[:, 1:2], target[:, 1:2]))
+    # Hand-computed: Dice and BCE of each channel, averaged with weights 1:2:2.
+    dice = soft_dice(torch.sigmoid(logits), target)  # (B, K)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=(0, 2, 3))  # (K,)
+    w = torch.tensor([0.2, 0.4, 0.4])
+    expected = 0.5 * (1 - (dice * w).sum(1).mean()) + 0.5 * (bce * w).sum()
+    weighted = BCEDiceLoss(channel_weights=[1, 2, 2])(logits, target)
+    assert torch.isclose(weighted, expected) and not torch.isclose(weighted, plain)
+
+
+@pytest.mark.fault
+def test_channel_weight_errors() -> None:
+    for bad in ([], [1, -1, 1], [0, 0, 0], [1, float("nan"), 1]):
+        with pytest.raises(ConfigError, match="channel_weights must be finite numbers >= 0 with a positive sum"):
+            DiceCELoss(activation="sigmoid", channel_weights=bad)
+    with pytest.raises(InputError, match="2 channel weights for 3 output channels"):
+        SoftDiceLoss(activation="sigmoid", channel_weights=[1, 2])(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4))

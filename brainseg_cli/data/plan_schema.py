@@ -97,12 +97,24 @@ class Sampling:
 
 @dataclass(frozen=True)
 class LossSpec:
-    """Loss options the plan fixes."""
+    """Loss options the plan fixes.
+
+    Attributes:
+        batch_dice: Dice over the whole batch (one per channel) instead of per sample.
+        region_weights: region-based plans: weight of each region's loss terms (Dice and binary
+            cross-entropy), ``{region name: weight >= 0}``; regions left out weigh 1; ``None`` or empty
+            = all equal. The loss divides by the weights' sum, so its scale does not change.
+    """
 
     batch_dice: bool = False
+    region_weights: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """JSON data; ``region_weights`` only when set (plans without it read as before)."""
+        data: dict[str, Any] = {"batch_dice": self.batch_dice}
+        if self.region_weights:
+            data["region_weights"] = dict(self.region_weights)
+        return data
 
 
 @dataclass(frozen=True)
@@ -268,7 +280,8 @@ class Plan:
                                         if f.name in sampling})
             resampling_spec = Resampling(**{f.name: resampling[f.name] for f in dataclasses.fields(Resampling)
                                             if f.name in resampling})
-            loss_spec = LossSpec(batch_dice=bool(loss.get("batch_dice", False)))
+            loss_spec = LossSpec(batch_dice=bool(loss.get("batch_dice", False)),
+                                 region_weights=_region_weights(loss.get("region_weights"), data["regions"], what))
             normalization = tuple(Normalization(channel=n.get("channel"), scheme=str(n.get("scheme", "zscore")),
                                                 lower_pct=float(n.get("lower_pct", 10.0)),
                                                 upper_pct=float(n.get("upper_pct", 99.0)))
@@ -315,6 +328,25 @@ class Plan:
 def as_plan(plan: Plan | Mapping[str, Any], *, what: str = "plan", required: Sequence[str] = PREDICTION_KEYS) -> Plan:
     """``plan`` as a :class:`Plan` (plan data is read with :meth:`Plan.from_dict`; ``sampling`` may be absent)."""
     return plan if isinstance(plan, Plan) else Plan.from_dict(plan, what=what, required=required)
+
+
+def _region_weights(value: Any, regions: Mapping[str, Any], what: str) -> dict[str, float] | None:
+    """The plan's ``loss.region_weights`` checked against its regions (``None`` when absent or empty)."""
+    if value is None or (isinstance(value, Mapping) and not value):
+        return None
+    if not (isinstance(value, Mapping) and all(
+            isinstance(w, (int, float, np.integer, np.floating)) and not isinstance(w, (bool, np.bool_))
+            and math.isfinite(w) and w >= 0 for w in value.values())):
+        raise InputError(f"{what}: plan key loss.region_weights must map region names to numbers >= 0, "
+                         f"got {value!r:.120}")
+    unknown = sorted(set(map(str, value)) - set(map(str, regions)))
+    if unknown:
+        raise InputError(f"{what}: plan key loss.region_weights names region(s) {unknown} that the plan's regions "
+                         f"({', '.join(map(str, regions)) or 'none'}) do not have")
+    weights = {str(k): float(v) for k, v in value.items()}
+    if sum(weights.get(str(r), 1.0) for r in regions) <= 0:
+        raise InputError(f"{what}: plan key loss.region_weights gives every region weight 0: {weights}")
+    return weights
 
 
 def check_plan_values(plan: Mapping[str, Any], *, what: str = "plan") -> None:

@@ -277,7 +277,7 @@ def read_options_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         name = str(key).replace("-", "_")
         if name not in valid:
             raise ConfigError(f"options file {source}: unknown option '{key}'{did_you_mean(name, valid)}")
-        if isinstance(value, dict) and name != "model_config":
+        if isinstance(value, dict) and name not in ("model_config", "region_weights"):
             raise ConfigError(f"options file {source}: option '{key}' must be a value, got a table")
         out[name] = value
     _check_option_values(out, source=source)

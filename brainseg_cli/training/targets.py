@@ -75,7 +75,9 @@ def training_loss(name: str, *, plan: Plan | Mapping[str, Any], model: nn.Module
 
     Dice (+ CE, or + BCE for region-based plans' sigmoid outputs); the softmax Dice term leaves the
     background out (nnU-Net); Dice per sample or over the batch as ``plan.loss.batch_dice`` says
-    (plans written before that key: per sample); deep supervision when the model has it.
+    (plans written before that key: per sample); region-based outputs weighted per region as
+    ``plan.loss.region_weights`` says (output channel ``i`` is the plan's ``i``-th region); deep
+    supervision when the model has it.
 
     Args:
         name: a registered loss (``"dice-ce"``, ``"dice"``).
@@ -88,6 +90,8 @@ def training_loss(name: str, *, plan: Plan | Mapping[str, Any], model: nn.Module
                                "batch_dice": plan.loss.batch_dice}
     if not region_based:
         options["include_background"] = False
+    elif plan.loss.region_weights:
+        options["channel_weights"] = [plan.loss.region_weights.get(r, 1.0) for r in plan.regions]
     base_loss = build_loss(name, **options)
     num_outputs = int(getattr(model, "num_outputs", 1)) if getattr(model, "deep_supervision", False) else 1
     return DeepSupervisionLoss(base_loss, num_outputs) if num_outputs > 1 else base_loss

@@ -186,6 +186,24 @@ def test_dice_is_per_sample_unless_batch_dice_is_given():
     assert given["loss"] == {"batch_dice": True} and given["decisions"]["batch_dice"] == "given"
 
 
+def test_region_weights_are_planned_only_when_given_and_checked_against_the_regions():
+    plain = make_plan(fingerprint=fingerprint(), info=info(), overrides=PlanOverrides(regions="brats"), device="cpu")
+    assert plain["loss"] == {"batch_dice": False} and "region_weights" not in plain["decisions"]
+    given = make_plan(fingerprint=fingerprint(), info=info(), device="cpu",
+                      overrides=PlanOverrides(regions="brats", region_weights={"TC": 2, "ET": 2.5}))
+    assert given["loss"] == {"batch_dice": False, "region_weights": {"TC": 2.0, "ET": 2.5}}
+    assert given["decisions"]["region_weights"] == "given"
+    with pytest.raises(ConfigError, match=r"region_weights name region\(s\) \['ETT'\].*did you mean 'ET'"):
+        make_plan(fingerprint=fingerprint(), info=info(), device="cpu",
+                  overrides=PlanOverrides(regions="brats", region_weights={"ETT": 2}))
+    with pytest.raises(ConfigError, match="region_weights .* need region-based outputs"):
+        make_plan(fingerprint=fingerprint(), info=info(), device="cpu",
+                  overrides=PlanOverrides(regions="none", region_weights={"WT": 2}))
+    with pytest.raises(ConfigError, match="give every region weight 0"):
+        make_plan(fingerprint=fingerprint(), info=info(), device="cpu",
+                  overrides=PlanOverrides(regions="brats", region_weights={"WT": 0, "TC": 0, "ET": 0}))
+
+
 def test_regions_and_other_models():
     plan = make_plan(fingerprint=fingerprint(), info=info(), overrides=PlanOverrides(regions="brats"), device="cuda")
     assert plan["region_based"] and plan["regions"] == {"WT": [1, 2, 3], "TC": [2, 3], "ET": [3]}
@@ -249,6 +267,8 @@ def test_nested_dataset_regions_train_region_based_by_default(config):
     ({"target_spacing": (1.0, 0.0, float("nan"))}, r"target_spacing must be 3 positive, finite spacings in mm"),
     ({"batch_dice": "no"}, "batch_dice must be true or false, got 'no'"),
     ({"crop_to_brain": 1}, "crop_to_brain must be true or false, got 1"),
+    ({"region_weights": {"TC": -1}}, r"region_weights must be a mapping of region names to numbers >= 0, got \{'TC': -1\}"),
+    ({"region_weights": [2, 2]}, "region_weights must be a mapping of region names to numbers >= 0, got"),
 ])
 @pytest.mark.fault
 def test_invalid_overrides(given, message):

@@ -118,3 +118,17 @@ def test_a_region_based_plan_and_overrides(plan):
     assert not given.region_based and given.model.num_classes == 4 and given.patch_size == (32, 32)
     assert given.decisions["regions"] == "given: softmax over the labels" and given.batch_size == 3
     assert given.preprocessing_key() == plan.preprocessing_key()  # same preprocessing, other training choices
+
+
+def test_region_weights_round_trip_and_are_checked_when_read(plan, tmp_path):
+    data = plan.to_dict()
+    assert data["loss"] == {"batch_dice": False} and plan.loss.region_weights is None
+    weighted = dict(data, loss={"batch_dice": False, "region_weights": {"TC": 2, "ET": 2}})
+    loaded = Plan.from_dict(weighted)
+    assert loaded.loss.region_weights == {"TC": 2.0, "ET": 2.0}
+    assert loaded.to_dict()["loss"] == {"batch_dice": False, "region_weights": {"TC": 2.0, "ET": 2.0}}
+    for bad, message in (({"XX": 2}, r"names region\(s\) \['XX'\] that the plan's regions"),
+                         ({"TC": -1}, "must map region names to numbers >= 0"),
+                         ({"WT": 0, "TC": 0, "ET": 0}, "gives every region weight 0")):
+        with pytest.raises(InputError, match=r"p\.json: plan key loss\.region_weights " + message):
+            Plan.from_dict(dict(data, loss={"region_weights": bad}), what="p.json")

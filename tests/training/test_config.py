@@ -82,6 +82,19 @@ def test_options_file_json_and_toml_cli_overrides(tmp_path):
     config, plan = resolve_options(file_options=read_options_file(toml))
     assert config.optimizer == "adam" and config.schedule == "poly" and plan == {"regions": "brats"}
 
+    weights = tmp_path / "weights.toml"
+    weights.write_text('regions = "brats"\n[region_weights]\nTC = 2\nET = 2.5\n')
+    _, plan = resolve_options(file_options=read_options_file(weights))
+    assert plan == {"regions": "brats", "region_weights": {"TC": 2, "ET": 2.5}}
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps({"lr": {"value": 1}}))
+    with pytest.raises(ConfigError, match=r"table\.json: option 'lr' must be a value, got a table"):
+        read_options_file(table)
+    negative = tmp_path / "negative.json"
+    negative.write_text(json.dumps({"region_weights": {"ET": -2}}))
+    with pytest.raises(ConfigError, match=r"negative\.json: region_weights must be a mapping of region names to numbers"):
+        read_options_file(negative)
+
 
 def test_options_file_errors(tmp_path):
     bad = tmp_path / "bad.json"

@@ -334,6 +334,17 @@ def test_compile_wraps_the_network(tmp_path, monkeypatch):
     assert len(calls) == 1
 
 
+def test_training_loss_weighs_the_plans_regions_in_output_order():
+    from brainseg_cli.losses import DeepSupervisionLoss
+    from brainseg_cli.training.targets import training_loss
+
+    plan = cube_plan(region_based=True)  # regions whole, core: output channels 0, 1
+    weighted = dict(plan, loss={"batch_dice": False, "region_weights": {"core": 3}})
+    deep = training_loss("dice-ce", plan=weighted, model=tiny_model())
+    assert isinstance(deep, DeepSupervisionLoss) and deep.loss.channel_weights == (1.0, 3.0)
+    assert training_loss("dice-ce", plan=plan, model=tiny_model()).loss.channel_weights is None
+
+
 def test_training_loss_follows_the_plans_batch_dice():
     from brainseg_cli.losses import DeepSupervisionLoss
     from brainseg_cli.training.targets import training_loss
