@@ -73,6 +73,7 @@ from brainseg_cli.data.plan_schema import (
     is_positive_number,
     json_data,
     plan_data,
+    region_weights_problem,
 )
 from brainseg_cli.data.preprocessing import NORMALIZATION_SCHEMES, check_orientation, reorient_values
 from brainseg_cli.data.resampling import ANISOTROPY_THRESHOLD
@@ -205,11 +206,8 @@ def check_overrides(ov: PlanOverrides) -> None:
     for name in ("crop_to_brain", "deep_supervision", "drop_edge_slices", "batch_dice"):
         if getattr(ov, name) is not None and not isinstance(getattr(ov, name), (bool, np.bool_)):
             raise bad(name, "true or false")
-    weights = ov.region_weights
-    if weights is not None and not (isinstance(weights, Mapping) and all(
-            isinstance(k, str) and isinstance(w, (int, float, np.integer, np.floating))
-            and not isinstance(w, (bool, np.bool_)) and math.isfinite(w) and w >= 0 for k, w in weights.items())):
-        raise bad("region_weights", "a mapping of region names to numbers >= 0")
+    if ov.region_weights is not None and (problem := region_weights_problem(ov.region_weights)):
+        raise ConfigError(f"region_weights {problem}")
     fraction = ov.foreground_fraction
     if fraction is not None and not (isinstance(fraction, (int, float, np.integer, np.floating))
                                      and not isinstance(fraction, (bool, np.bool_)) and 0.0 <= fraction <= 1.0):
@@ -701,13 +699,11 @@ def _loss_rule(ov: PlanOverrides, regions: Mapping[str, Any], region_based: bool
         if not region_based:
             raise ConfigError(f"region_weights {dict(ov.region_weights)} need region-based outputs; this plan trains "
                               "softmax labels (regions none or a dataset without nested regions)")
-        unknown = sorted(set(ov.region_weights) - set(regions))
-        if unknown:
-            raise ConfigError(f"region_weights name region(s) {unknown} that the plan does not have; its regions: "
-                              f"{', '.join(regions)}{did_you_mean(unknown[0], list(regions))}")
+        problem = region_weights_problem(ov.region_weights, list(regions))
+        if problem:
+            unknown = sorted(set(ov.region_weights) - set(regions))
+            raise ConfigError(f"region_weights {problem}" + (did_you_mean(unknown[0], list(regions)) if unknown else ""))
         weights = {str(k): float(v) for k, v in ov.region_weights.items()}
-        if sum(weights.get(r, 1.0) for r in regions) <= 0:
-            raise ConfigError(f"region_weights give every region weight 0: {weights}")
         decisions["region_weights"] = "given"
     return LossSpec(batch_dice=batch_dice, region_weights=weights)
 

@@ -330,23 +330,35 @@ def as_plan(plan: Plan | Mapping[str, Any], *, what: str = "plan", required: Seq
     return plan if isinstance(plan, Plan) else Plan.from_dict(plan, what=what, required=required)
 
 
+def region_weights_problem(value: Any, regions: Sequence[str] | None = None) -> str | None:
+    """What is wrong with ``loss.region_weights`` for a plan with ``regions``, or None when nothing is.
+
+    Args:
+        value: the given weights (``{region name: weight}``).
+        regions: the plan's region names in output order; None checks only the type and values.
+    """
+    if not (isinstance(value, Mapping) and all(
+            isinstance(k, str) and isinstance(w, (int, float, np.integer, np.floating))
+            and not isinstance(w, (bool, np.bool_)) and math.isfinite(w) and w >= 0 for k, w in value.items())):
+        return f"must be a mapping of region names to numbers >= 0, got {value!r:.120}"
+    if regions is None:
+        return None
+    unknown = sorted(set(value) - set(regions))
+    if unknown:
+        return f"name region(s) {unknown} that the plan does not have; its regions: {', '.join(regions) or 'none'}"
+    if sum(float(value.get(r, 1.0)) for r in regions) <= 0:
+        return f"give every region weight 0: {dict(value)}"
+    return None
+
+
 def _region_weights(value: Any, regions: Mapping[str, Any], what: str) -> dict[str, float] | None:
     """The plan's ``loss.region_weights`` checked against its regions (``None`` when absent or empty)."""
     if value is None or (isinstance(value, Mapping) and not value):
         return None
-    if not (isinstance(value, Mapping) and all(
-            isinstance(w, (int, float, np.integer, np.floating)) and not isinstance(w, (bool, np.bool_))
-            and math.isfinite(w) and w >= 0 for w in value.values())):
-        raise InputError(f"{what}: plan key loss.region_weights must map region names to numbers >= 0, "
-                         f"got {value!r:.120}")
-    unknown = sorted(set(map(str, value)) - set(map(str, regions)))
-    if unknown:
-        raise InputError(f"{what}: plan key loss.region_weights names region(s) {unknown} that the plan's regions "
-                         f"({', '.join(map(str, regions)) or 'none'}) do not have")
-    weights = {str(k): float(v) for k, v in value.items()}
-    if sum(weights.get(str(r), 1.0) for r in regions) <= 0:
-        raise InputError(f"{what}: plan key loss.region_weights gives every region weight 0: {weights}")
-    return weights
+    problem = region_weights_problem(value, [str(r) for r in regions])
+    if problem:
+        raise InputError(f"{what}: plan key loss.region_weights {problem}")
+    return {str(k): float(v) for k, v in value.items()}
 
 
 def check_plan_values(plan: Mapping[str, Any], *, what: str = "plan") -> None:
@@ -420,4 +432,4 @@ def plan_data(plan: Plan | Mapping[str, Any]) -> dict[str, Any]:
 
 __all__ = ["CONFIGS", "LossSpec", "ModelSpec", "Normalization", "PLAN_VERSION", "PREDICTION_KEYS", "PREPROCESSING_KEYS",
            "Plan", "REQUIRED_KEYS", "Resampling", "Sampling", "as_plan", "check_plan_values", "is_int", "json_data",
-           "is_positive_number", "plan_data"]
+           "is_positive_number", "plan_data", "region_weights_problem"]

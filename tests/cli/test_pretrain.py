@@ -96,7 +96,7 @@ def test_end_to_end(phantom, narrow, tmp_path):
 def test_regions_options_file_and_overrides(phantom, tmp_path):
     options = tmp_path / "opts.toml"
     options.write_text('epochs = 1\niterations_per_epoch = 1\nlr = 0.5\nmodel_config = { base_features = 4 }\n'
-                       'val_every = 1\nbatch_dice = true\n')
+                       'val_every = 1\nbatch_dice = true\nregion_weights = { TC = 2, ET = 3 }\n')
     run = tmp_path / "run"
     res = runner.invoke(app, [*ONE_THREAD, "pretrain", str(phantom), "-o", str(run), "--options-file", str(options),
                               "--patch-size", "16,16,16", "--batch-size", "2", "--workers", "0", "--device", "cpu",
@@ -106,8 +106,10 @@ def test_regions_options_file_and_overrides(phantom, tmp_path):
     assert config["epochs"] == 1 and config["lr"] == 0.02 and config["val_split"] == 0.25
     plan = json.loads((run / "plan.json").read_text())
     assert plan["model"]["config"]["base_features"] == 4 and plan["target_spacing"] == [2.0, 2.0, 2.0]
-    assert plan["loss"] == {"batch_dice": True} and plan["decisions"]["batch_dice"] == "given"
+    assert plan["loss"] == {"batch_dice": True, "region_weights": {"TC": 2.0, "ET": 3.0}}
+    assert plan["decisions"]["batch_dice"] == "given" and plan["decisions"]["region_weights"] == "given"
     ckpt = load_checkpoint(run / "best.pt")
+    assert ckpt["plan"]["loss"]["region_weights"] == {"TC": 2.0, "ET": 3.0}
     assert ckpt["plan"]["region_based"] is True and list(ckpt["regions"]) == ["WT", "TC", "ET"]
     assert list(_rows(run)[0])[3:6] == ["val_dice_WT", "val_dice_TC", "val_dice_ET"]
 
@@ -244,6 +246,18 @@ def test_a_plan_error_leaves_no_run_folder(phantom, tmp_path):
     res = runner.invoke(app, [*ONE_THREAD, "pretrain", str(phantom), "-o", str(run), "--options-file", str(options),
                               "--device", "cpu", "--workers", "0"])
     assert res.exit_code == 2 and run.is_dir() and not any(run.iterdir())
+
+
+@pytest.mark.fault
+def test_region_weights_for_a_region_the_plan_lacks_is_a_one_line_error(phantom, tmp_path):
+    options = tmp_path / "opts.json"
+    options.write_text(json.dumps({"region_weights": {"CT": 2}}))
+    run = tmp_path / "run"
+    res = runner.invoke(app, [*ONE_THREAD, "pretrain", str(phantom), "-o", str(run), "--options-file", str(options),
+                              "--regions", "brats", "--device", "cpu", "--workers", "0"])
+    assert res.exit_code == 2, res.output
+    assert "region_weights name region(s) ['CT'] that the plan does not have; its regions: WT, TC, ET" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not run.exists()
 
 
 def test_discard_unstarted_run_keeps_a_resumable_run(tmp_path):

@@ -127,8 +127,8 @@ def test_region_weights_round_trip_and_are_checked_when_read(plan, tmp_path):
     loaded = Plan.from_dict(weighted)
     assert loaded.loss.region_weights == {"TC": 2.0, "ET": 2.0}
     assert loaded.to_dict()["loss"] == {"batch_dice": False, "region_weights": {"TC": 2.0, "ET": 2.0}}
-    for bad, message in (({"XX": 2}, r"names region\(s\) \['XX'\] that the plan's regions"),
-                         ({"TC": -1}, "must map region names to numbers >= 0"),
-                         ({"WT": 0, "TC": 0, "ET": 0}, "gives every region weight 0")):
+    for bad, message in (({"XX": 2}, r"name region\(s\) \['XX'\] that the plan does not have; its regions: WT, TC, ET"),
+                         ({"TC": -1}, "must be a mapping of region names to numbers >= 0, got {'TC': -1}"),
+                         ({"WT": 0, "TC": 0, "ET": 0}, "give every region weight 0")):
         with pytest.raises(InputError, match=r"p\.json: plan key loss\.region_weights " + message):
             Plan.from_dict(dict(data, loss={"region_weights": bad}), what="p.json")
