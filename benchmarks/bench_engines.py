@@ -26,10 +26,13 @@ Target (issue #21): the best export engine >= 1.5x faster than torch eager fp32,
 
     python benchmarks/bench_engines.py [--case Brats18_TCIA13_623_1] [--repeats 3] [--threads N]
         [--checkpoint-2d best.pt] [--checkpoint-3d best.pt] [--train-steps 40] [--window-batch N] [-o results.json]
-    python benchmarks/bench_engines.py --readme benchmarks/results/bench_engines.json [README.md]
+    python benchmarks/bench_engines.py --readme benchmarks/results/NAME.json [README.md]
 
-The README's table is generated from the results file (between the ``<!-- bench_engines:begin -->`` and
-``<!-- bench_engines:end -->`` markers); a test checks that it is.
+``torch bf16`` is timed only on a CPU with native bf16 (AVX512-BF16 or AMX; ``--bf16`` times it anyway):
+elsewhere ``predict --precision auto`` never picks it. The README's tables are generated from the results
+files: ``benchmarks/results/NAME.json`` fills the block between ``<!-- NAME:begin -->`` and
+``<!-- NAME:end -->`` (``bench_engines.json``: the headline table; ``bench_engines_fp32.json``: a CPU
+without native bf16); a test checks that the README matches every results file.
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -50,7 +52,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from readme_tables import read_results, write_block  # noqa: E402
+from readme_tables import machine, markers, read_results, write_block  # noqa: E402
 
 from brainseg_cli.data.convert import ConvertConfig, convert_dataset  # noqa: E402
 from brainseg_cli.data.layout import load_dataset, read_case  # noqa: E402
@@ -62,8 +64,7 @@ from brainseg_cli.training.pretrain import pretrain  # noqa: E402
 DATA = REPO / ".." / "shared" / "data" / "brats2018_deepbrainseg"
 TRAIN_CASES = ("Brats18_2013_11_1", "Brats18_CBICA_ABM_1")
 RESULTS = REPO / "benchmarks" / "results" / "bench_engines.json"
-BEGIN = "<!-- bench_engines:begin -->"
-END = "<!-- bench_engines:end -->"
+BEGIN, END = markers(RESULTS)
 ENGINES = (("torch fp32", "torch", "fp32"), ("torch bf16", "torch", "bf16"), ("onnxruntime", "onnxruntime", "fp32"),
            ("openvino", "openvino", "fp32"))
 
@@ -158,9 +159,23 @@ def agreement(reference: np.ndarray, other: np.ndarray) -> dict:
     return {"equal_voxels": float((reference == other).mean()), "dice": dice}
 
 
-def readme_block(record: dict) -> str:
-    """The README's engine table (between :data:`BEGIN` and :data:`END`) from a results record."""
-    lines = [BEGIN, "| network | engine | windows per call | seconds | GFLOP/s | speed-up vs torch fp32 | equal voxels "
+def readme_block(record: dict, results: Path = RESULTS) -> str:
+    """The README's engine table from a results record, between the markers of its results file.
+
+    A record that names the CPU model (``machine.cpu``) gets a first line saying which CPU it ran on
+    and whether torch bf16 was left out for want of native bf16.
+    """
+    begin, end = markers(results)
+    lines = [begin]
+    cpu = (record.get("machine") or {}).get("cpu")
+    if cpu:
+        engines = {r["engine"] for r in record["rows"]}
+        native = record["machine"].get("native_bf16")
+        lines += [f"{cpu}, {record['machine'].get('cpu_count')} cores, {record.get('threads')} threads, "
+                  f"best of {record.get('repeats')} rounds; native bf16: {'yes' if native else 'no'}"
+                  + ("" if "torch bf16" in engines else " (torch bf16 not timed: `predict --precision auto` "
+                     "keeps fp32 on this CPU)") + ".", ""]
+    lines += ["| network | engine | windows per call | seconds | GFLOP/s | speed-up vs torch fp32 | equal voxels "
              "| min Dice per label |", "|---|---|---|---|---|---|---|---|"]
     for r in record["rows"]:
         a = r.get("agreement")
@@ -169,12 +184,12 @@ def readme_block(record: dict) -> str:
                      f"{'' if rate is None else format(rate, '.0f')} | {r['speedup']:.2f}x | "
                      f"{'' if a is None else format(a['equal_voxels'] * 100, '.3f') + ' %'} | "
                      f"{'' if a is None or not a['dice'] else format(min(a['dice'].values()), '.4f')} |")
-    return "\n".join([*lines, END])
+    return "\n".join([*lines, end])
 
 
-def write_readme(readme: Path, record: dict) -> bool:
-    """Replace the block between the markers in ``readme``; True when the file changed."""
-    return write_block(readme, BEGIN, END, readme_block(record))
+def write_readme(readme: Path, record: dict, results: Path = RESULTS) -> bool:
+    """Replace the block of ``results``' markers in ``readme``; True when the file changed."""
+    return write_block(readme, *markers(results), readme_block(record, results))
 
 
 def main() -> None:
@@ -187,6 +202,8 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=40, help="steps of the brief training (no checkpoint given)")
     parser.add_argument("--window-batch", type=int, default=None, metavar="N",
                         help="windows per network call for every engine (predict --batch-size; default: predict's)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="time torch bf16 even on a CPU without native bf16 (default: only where it has it)")
     parser.add_argument("-o", "--output", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--readme", nargs="+", type=Path, default=None, metavar="RESULTS.json [README.md]",
                         help="only write the README table from a results file (default README: the repository's)")
@@ -195,7 +212,7 @@ def main() -> None:
         results, *readmes = args.readme
         record = read_results(results)
         for readme in readmes or [REPO / "README.md"]:
-            print(f"{readme}: {'updated' if write_readme(readme, record) else 'unchanged'}")
+            print(f"{readme}: {'updated' if write_readme(readme, record, results) else 'unchanged'}")
         return
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -214,7 +231,9 @@ def main() -> None:
         info = load_dataset(tmp / "brats")
         image, _ = read_case(info, args.case)
         rows = []
-        available = [e for e in ENGINES if e[1] != "openvino" or importlib.util.find_spec("openvino") is not None]
+        here = machine()
+        available = [e for e in ENGINES if (e[1] != "openvino" or importlib.util.find_spec("openvino") is not None)
+                     and (e[2] != "bf16" or here["native_bf16"] or args.bf16)]
         for name, checkpoint in checkpoints.items():
             gflop, timed = time_engines(checkpoint, image, args.case, available, repeats=args.repeats,
                                         window_batch=args.window_batch)
@@ -228,10 +247,10 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     record = {"case": args.case, "threads": torch.get_num_threads(), "window_batch": args.window_batch,
-              "repeats": args.repeats, "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor()},
+              "repeats": args.repeats, "machine": here,
               "torch": torch.__version__, "rows": rows}
     print()
-    print(readme_block(record))
+    print(readme_block(record, args.output or RESULTS))
     if args.output:
         args.output.write_text(json.dumps(record, indent=2) + "\n")
 

@@ -36,8 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -47,10 +45,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from brats_cpu_20min import CASES, DATA, REGIONS, REPO, fmt, load  # noqa: E402
-from readme_tables import read_results, write_block  # noqa: E402
+from readme_tables import machine, markers, read_results, write_block  # noqa: E402
 
 sys.path.insert(0, str(REPO))
-from brainseg_cli.training.config import cpu_supports_bf16  # noqa: E402
 from brainseg_cli.training.splits import kfold_splits  # noqa: E402
 
 #: The systems compared, in table order.
@@ -68,22 +65,6 @@ BEGIN = "<!-- brats_cv:begin -->"
 END = "<!-- brats_cv:end -->"
 #: Wording of ``pretrain --precision auto`` in the README block.
 AUTO_PRECISION = "bf16 autocast where the CPU has native bf16, else fp32"
-
-
-def markers(results: Path) -> tuple[str, str]:
-    """The README markers a results file fills: ``<!-- STEM:begin -->``, ``<!-- STEM:end -->``."""
-    return f"<!-- {results.stem}:begin -->", f"<!-- {results.stem}:end -->"
-
-
-def machine() -> dict:
-    """What the record says about this machine: cores, architecture, CPU model (``/proc/cpuinfo``'s first
-    ``model name``, else the architecture), native bf16."""
-    arch = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
-             if line.startswith("model name")]
-    return {"cpu_count": os.cpu_count(), "processor": arch, "cpu": names[0] if names else arch,
-            "native_bf16": cpu_supports_bf16()}
 
 
 def run_precision(res: dict, run: Path) -> str | None:

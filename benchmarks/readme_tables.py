@@ -3,8 +3,28 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 import sys
 from pathlib import Path
+
+
+def markers(results: Path) -> tuple[str, str]:
+    """The README markers a results file fills: ``<!-- STEM:begin -->``, ``<!-- STEM:end -->``."""
+    return f"<!-- {results.stem}:begin -->", f"<!-- {results.stem}:end -->"
+
+
+def machine() -> dict:
+    """What a results record says about this machine: cores, architecture, CPU model (``/proc/cpuinfo``'s
+    first ``model name``, else the architecture), native bf16."""
+    from brainseg_cli.training.config import cpu_supports_bf16
+
+    arch = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
+             if line.startswith("model name")]
+    return {"cpu_count": os.cpu_count(), "processor": arch, "cpu": names[0] if names else arch,
+            "native_bf16": cpu_supports_bf16()}
 
 
 def read_results(path: Path) -> dict:

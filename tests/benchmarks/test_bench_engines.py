@@ -45,11 +45,29 @@ def test_readme_block_and_its_regeneration(tmp_path):
     assert bench.write_readme(readme, record) is False  # regenerating changes nothing
 
 
-def test_the_readme_table_is_the_one_generated_from_the_results_file():
-    if not bench.RESULTS.is_file():
-        pytest.skip(f"{bench.RESULTS} not written yet")
-    record = json.loads(bench.RESULTS.read_text())
-    assert bench.readme_block(record) in (REPO / "README.md").read_text()
+def test_a_results_file_fills_its_own_block_and_says_which_cpu(tmp_path):
+    record = {"threads": 2, "repeats": 5, "rows": [_row("torch fp32", 2.0, 1.0), _row("openvino", 1.0, 2.0)],
+              "machine": {"cpu_count": 2, "processor": "x86_64", "cpu": "AMD EPYC", "native_bf16": False}}
+    fp32 = tmp_path / "bench_engines_fp32.json"
+    block = bench.readme_block(record, fp32)
+    lines = block.splitlines()
+    assert lines[0] == "<!-- bench_engines_fp32:begin -->" and lines[-1] == "<!-- bench_engines_fp32:end -->"
+    assert lines[1] == ("AMD EPYC, 2 cores, 2 threads, best of 5 rounds; native bf16: no (torch bf16 not timed: "
+                        "`predict --precision auto` keeps fp32 on this CPU).")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{bench.BEGIN}\nheadline\n{bench.END}\n<!-- bench_engines_fp32:begin -->\nold\n"
+                      "<!-- bench_engines_fp32:end -->\n")
+    assert bench.write_readme(readme, record, fp32) is True
+    assert readme.read_text() == f"{bench.BEGIN}\nheadline\n{bench.END}\n{block}\n"  # the other block untouched
+    with_bf16 = dict(record, rows=[*record["rows"], _row("torch bf16", 1.5, 1.33)])
+    assert "not timed" not in bench.readme_block(with_bf16, fp32)
+
+
+@pytest.mark.parametrize("results", sorted((REPO / "benchmarks" / "results").glob("bench_engines*.json")),
+                         ids=lambda p: p.name)
+def test_the_readme_table_is_the_one_generated_from_each_results_file(results):
+    record = json.loads(results.read_text())
+    assert bench.readme_block(record, results) in (REPO / "README.md").read_text()
 
 
 @pytest.fixture(scope="module")
