@@ -77,7 +77,7 @@ from brainseg_cli.data.plan_schema import (
 )
 from brainseg_cli.data.preprocessing import NORMALIZATION_SCHEMES, check_orientation, reorient_values
 from brainseg_cli.data.resampling import ANISOTROPY_THRESHOLD
-from brainseg_cli.errors import ConfigError, InputError, did_you_mean
+from brainseg_cli.errors import ConfigError, InputError
 from brainseg_cli.io import atomic_write
 from brainseg_cli.models import (
     build_model,
@@ -701,8 +701,7 @@ def _loss_rule(ov: PlanOverrides, regions: Mapping[str, Any], region_based: bool
                               "softmax labels (regions none or a dataset without nested regions)")
         problem = region_weights_problem(ov.region_weights, list(regions))
         if problem:
-            unknown = sorted(set(ov.region_weights) - set(regions))
-            raise ConfigError(f"region_weights {problem}" + (did_you_mean(unknown[0], list(regions)) if unknown else ""))
+            raise ConfigError(f"region_weights {problem}")
         weights = {str(k): float(v) for k, v in ov.region_weights.items()}
         decisions["region_weights"] = "given"
     return LossSpec(batch_dice=batch_dice, region_weights=weights)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from brainseg_cli import choices
-from brainseg_cli.errors import InputError
+from brainseg_cli.errors import InputError, did_you_mean
 
 #: The plan format this version writes and reads.
 PLAN_VERSION = 1
@@ -345,7 +345,8 @@ def region_weights_problem(value: Any, regions: Sequence[str] | None = None) -> 
         return None
     unknown = sorted(set(value) - set(regions))
     if unknown:
-        return f"name region(s) {unknown} that the plan does not have; its regions: {', '.join(regions) or 'none'}"
+        return (f"name region(s) {unknown} that the plan does not have; its regions: {', '.join(regions) or 'none'}"
+                f"{did_you_mean(unknown[0], list(regions))}")
     if sum(float(value.get(r, 1.0)) for r in regions) <= 0:
         return f"give every region weight 0: {dict(value)}"
     return None
